@@ -1,0 +1,58 @@
+"""``python -m ppr <command>``: the command-line entry point.
+
+Each command lives in its own module ``ppr.cli_<command>`` exposing ``add_arguments(parser)`` and
+``run(args) -> int``; they are imported only when used so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from ppr.errors import PPRError
+
+COMMANDS: dict[str, str] = {
+    "preprocess": "Resample, register and normalise a head CT into model space.",
+    "train": "Train a PPR model bundle on healthy head CTs.",
+    "detect": "Compute the error map of a head CT with a model bundle.",
+    "calibrate": "Store per-voxel healthy error statistics in a model bundle.",
+    "evaluate": "Evaluate a model bundle on labelled cases (AUROC, AP, Dice).",
+    "bench": "Benchmark inference and training speed and memory.",
+}
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"ppr.cli_{name}")
+
+
+def build_parser(available: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ppr", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, summary in available.items():
+        sub = subparsers.add_parser(name, help=summary, description=summary)
+        _command_module(name).add_arguments(sub)
+    return parser
+
+
+def available_commands() -> dict[str, str]:
+    """Commands whose module is present (a command lands with its module)."""
+    found = {}
+    for name, summary in COMMANDS.items():
+        if importlib.util.find_spec(f"ppr.cli_{name}") is not None:
+            found[name] = summary
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(available_commands()).parse_args(argv)
+    try:
+        return int(_command_module(args.command).run(args) or 0)
+    except PPRError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Configuration dataclasses that travel inside model bundles (JSON round trip)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a head CT is brought into model space.
+
+    size: the model grid is ``size`` voxels along each axis (paper: 256).
+    spacing_mm: isotropic voxel size of the model grid (paper: 1 mm).
+    window_hu: intensities are clipped to [lo, hi] before normalisation.
+    equalize: histogram-equalise the head foreground after windowing.
+    prewindowed: the data was exported in a window already (air and bone saturate), so the
+        "does this look like CT" intensity check is relaxed to the window itself.
+    min_registration_metric: a registration whose quality figure (negated Mattes mutual
+        information, higher is better) is below this is refused as "does not look like a head CT".
+    """
+
+    size: int = 256
+    spacing_mm: float = 1.0
+    window_hu: tuple[float, float] = (-20.0, 100.0)
+    equalize: bool = True
+    prewindowed: bool = False
+    min_registration_metric: float = 0.2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window_hu", tuple(float(v) for v in self.window_hu))
+        if self.size < 32:
+            raise ValueError(f"size must be at least 32 voxels, got {self.size}")
+        if self.spacing_mm <= 0:
+            raise ValueError(f"spacing_mm must be positive, got {self.spacing_mm}")
+        lo, hi = self.window_hu
+        if not lo < hi:
+            raise ValueError(f"window_hu must satisfy lo < hi, got {self.window_hu}")
+
+    @property
+    def extent_mm(self) -> float:
+        """Edge length of the model grid in millimetres."""
+        return self.size * self.spacing_mm
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["window_hu"] = list(self.window_hu)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing settings: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessConfig":
+        return cls.from_dict(json.loads(text))
