@@ -1,0 +1,275 @@
+"""PPR Training: train a Patch Position Regression model bundle from folders of healthy head CTs.
+
+The Slicer module (Module, Widget, Test) is defined only inside the Slicer application; the logic
+(``PPRTrainingLogic``, from PPRTrainingLib) is importable anywhere and needs no Qt. Training runs
+in a ``python -m ppr train`` subprocess so Slicer stays responsive; for batch use without any GUI
+see ``Scripts/train.py``. This file holds no training code of its own.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from PPRTrainingLib.logic import PPRTrainingLogic  # noqa: F401  (the module's logic, also for batch use)
+
+try:
+    import ctk
+    import qt
+    import slicer
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+except ImportError:
+    # Plain Python, PythonSlicer or slicer-core: no application, so no module or widget either.
+    ScriptedLoadableModule = None
+
+
+_HELP_TEXT = """Train a Patch Position Regression model on healthy head CTs: choose one or more folders of
+healthy scans (NIfTI, NRRD, MetaImage or DICOM series sub-folders; files named *mask*, *label*, *seg*
+are skipped), optionally a folder of other healthy scans for the validation loss, and the folder of
+the new model bundle. Training runs in the background; Stop ends it. When it ends, loss curves and a
+summary are written next to the bundle. The same training runs without the GUI with
+<code>Slicer --no-main-window --python-script Scripts/train.py -- --data DIR --out BUNDLE</code>.
+"""
+
+_ACKNOWLEDGEMENT = """Method: F. Bieder, J. Wolleb, R. Sandkuehler, P. C. Cattin, "Position Regression for
+Unsupervised Anomaly Detection", MIDL 2022."""
+
+
+if ScriptedLoadableModule is not None:
+
+    class PPRTraining(ScriptedLoadableModule):
+        def __init__(self, parent):
+            ScriptedLoadableModule.__init__(self, parent)
+            self.parent.title = "PPR Training"
+            self.parent.categories = ["Quantification"]
+            self.parent.dependencies = []
+            self.parent.contributors = ["PositionRegressionAD developers"]
+            self.parent.helpText = _HELP_TEXT
+            self.parent.acknowledgementText = _ACKNOWLEDGEMENT
+
+    class PPRTrainingWidget(ScriptedLoadableModuleWidget):
+        """Folders in, model bundle out: start/stop, progress bar and a live loss plot."""
+
+        POLL_MILLISECONDS = 500
+
+        def setup(self) -> None:
+            ScriptedLoadableModuleWidget.setup(self)
+            self.logic = PPRTrainingLogic()
+            self._run = None
+            self._lossPlot = None
+            self._losses: list[tuple[int, float]] = []
+            self._valLosses: list[tuple[int, float]] = []
+            self._timer = qt.QTimer()
+            self._timer.setInterval(self.POLL_MILLISECONDS)
+            self._timer.connect("timeout()", self._onTimer)
+            self._addDataSection()
+            self._addOptionsSection()
+            self._addRunSection()
+            self.layout.addStretch(1)
+            self._updateButtons()
+
+        def _addDataSection(self) -> None:
+            box = ctk.ctkCollapsibleButton()
+            box.text = "Data"
+            self.layout.addWidget(box)
+            form = qt.QFormLayout(box)
+            self.dataFolderList = qt.QListWidget()
+            self.dataFolderList.toolTip = "Folders of healthy head CTs to train on"
+            addButton = qt.QPushButton("Add folder...")
+            removeButton = qt.QPushButton("Remove")
+            addButton.connect("clicked()", self._onAddFolder)
+            removeButton.connect("clicked()", self._onRemoveFolder)
+            buttons = qt.QHBoxLayout()
+            buttons.addWidget(addButton)
+            buttons.addWidget(removeButton)
+            form.addRow("Healthy scans:", self.dataFolderList)
+            form.addRow("", buttons)
+            self.validationFolderEdit = ctk.ctkPathLineEdit()
+            self.validationFolderEdit.filters = ctk.ctkPathLineEdit.Dirs
+            self.validationFolderEdit.toolTip = "Other healthy scans, for the validation loss (optional)"
+            form.addRow("Validation scans:", self.validationFolderEdit)
+            self.bundleEdit = ctk.ctkPathLineEdit()
+            self.bundleEdit.filters = ctk.ctkPathLineEdit.Dirs
+            self.bundleEdit.toolTip = "Folder of the new model bundle"
+            form.addRow("Model bundle:", self.bundleEdit)
+
+        def _addOptionsSection(self) -> None:
+            box = ctk.ctkCollapsibleButton()
+            box.text = "Options"
+            box.collapsed = True
+            self.layout.addWidget(box)
+            form = qt.QFormLayout(box)
+            self.maxMinutesSpin = qt.QDoubleSpinBox()
+            self.maxMinutesSpin.setRange(0.0, 100000.0)
+            self.maxMinutesSpin.value = 60.0
+            self.maxMinutesSpin.suffix = " min"
+            self.maxMinutesSpin.toolTip = "Stop training after this time (0: the ppr default)"
+            form.addRow("Time limit:", self.maxMinutesSpin)
+            self.extraArgsEdit = qt.QLineEdit()
+            self.extraArgsEdit.placeholderText = "e.g. --m 16 --size 256 --prewindowed"
+            self.extraArgsEdit.toolTip = "More options of `python -m ppr train`"
+            form.addRow("More options:", self.extraArgsEdit)
+
+        def _addRunSection(self) -> None:
+            self.startButton = qt.QPushButton("Start training")
+            self.stopButton = qt.QPushButton("Stop")
+            self.startButton.connect("clicked()", self._onStart)
+            self.stopButton.connect("clicked()", self._onStop)
+            buttons = qt.QHBoxLayout()
+            buttons.addWidget(self.startButton)
+            buttons.addWidget(self.stopButton)
+            self.layout.addLayout(buttons)
+            self.progressBar = qt.QProgressBar()
+            self.progressBar.setRange(0, 1000)
+            self.layout.addWidget(self.progressBar)
+            self.statusLabel = qt.QLabel("")
+            self.statusLabel.wordWrap = True
+            self.layout.addWidget(self.statusLabel)
+
+        def _onAddFolder(self) -> None:
+            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Folder of healthy head CTs")
+            if folder:
+                self.dataFolderList.addItem(folder)
+            self._updateButtons()
+
+        def _onRemoveFolder(self) -> None:
+            for item in self.dataFolderList.selectedItems():
+                self.dataFolderList.takeItem(self.dataFolderList.row(item))
+            self._updateButtons()
+
+        def _request(self):
+            folders = [Path(self.dataFolderList.item(i).text()) for i in range(self.dataFolderList.count)]
+            validation = [Path(self.validationFolderEdit.currentPath)] if self.validationFolderEdit.currentPath else []
+            if not self.bundleEdit.currentPath:
+                raise ValueError("Choose the folder of the new model bundle.")
+            extra = shlex.split(self.extraArgsEdit.text)
+            if self.maxMinutesSpin.value > 0:
+                extra += ["--max-minutes", f"{self.maxMinutesSpin.value:g}"]
+            return self.logic.request_from_folders(folders, Path(self.bundleEdit.currentPath), validation, extra)
+
+        def _onStart(self) -> None:
+            with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
+                request = self._request()
+                self._losses, self._valLosses = [], []
+                self._lossPlot = None
+                self.progressBar.value = 0
+                self.statusLabel.text = f"Training on {len(request.images)} scans..."
+                self._bundle = request.bundle
+                self._run = self.logic.start(request)
+                self._timer.start()
+            self._updateButtons()
+
+        def _onStop(self) -> None:
+            if self._run is not None:
+                self._run.stop()
+                self.statusLabel.text = "Stopping..."
+
+        def _onTimer(self) -> None:
+            reports = self._run.poll()
+            for report in reports:
+                if report.fraction is not None:
+                    self.progressBar.value = int(1000 * report.fraction)
+                self.statusLabel.text = report.message
+                if report.step is not None and report.loss is not None:
+                    self._losses.append((report.step, report.loss))
+                if report.step is not None and report.val_loss is not None:
+                    self._valLosses.append((report.step, report.val_loss))
+            if reports and self._losses:
+                self._updatePlot()
+            if self._run.finished():
+                self._timer.stop()
+                self._onFinished(self._run.outcome())
+                self._run = None
+                self._updateButtons()
+
+        def _updatePlot(self) -> None:
+            from PPRTrainingLib.loss_plot import LossPlot
+
+            if self._lossPlot is None:
+                self._lossPlot = LossPlot(slicer.mrmlScene)
+                slicer.modules.plots.logic().ShowChartInLayout(self._lossPlot.chart)
+            self._lossPlot.update(self._losses, self._valLosses)
+
+        def _onFinished(self, outcome) -> None:
+            if outcome.stopped:
+                self.statusLabel.text = "Training stopped."
+                return
+            if not outcome.succeeded:
+                self.statusLabel.text = "Training failed."
+                slicer.util.errorDisplay(outcome.error_message, windowTitle="PPR Training")
+                return
+            self.progressBar.value = 1000
+            self.statusLabel.text = f"Model bundle written to {self._bundle} ({outcome.seconds / 60:.1f} min)."
+            with slicer.util.tryWithErrorDisplay("The training report could not be written."):
+                self._ensureMatplotlib()
+                report = self.logic.write_report(self._bundle)
+                self.statusLabel.text += f"\nReport: {report.figure}"
+
+        @staticmethod
+        def _ensureMatplotlib() -> None:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                # Slicer's Python does not ship matplotlib; the report needs it.
+                if slicer.util.confirmOkCancelDisplay("The training report needs matplotlib. Install it now?"):
+                    slicer.util.pip_install("matplotlib")
+
+        def _updateButtons(self) -> None:
+            running = self._run is not None
+            self.startButton.enabled = not running and self.dataFolderList.count > 0
+            self.stopButton.enabled = running
+
+        def cleanup(self) -> None:
+            # Closing Slicer must not leave a training process running without anyone watching it.
+            self._timer.stop()
+            if self._run is not None:
+                self._run.stop()
+                self._run = None
+
+    class PPRTrainingTest(ScriptedLoadableModuleTest):
+        """Self-test inside Slicer: image collection and stopping a (fake) training process."""
+
+        def setUp(self) -> None:
+            slicer.mrmlScene.Clear()
+
+        def runTest(self) -> None:
+            self.setUp()
+            self.test_ImagesInFolders()
+            self.test_StopEndsTraining()
+
+        def _tempFolder(self, name: str) -> Path:
+            folder = Path(slicer.app.temporaryPath) / "PPRTrainingTest" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+
+        def test_ImagesInFolders(self) -> None:
+            folder = self._tempFolder("images")
+            for name in ("case1.nii.gz", "case2.nrrd", "case1_mask.nii.gz", "notes.txt"):
+                (folder / name).write_bytes(b"")
+            request = PPRTrainingLogic().request_from_folders([folder], folder / "bundle")
+            self.assertEqual([p.name for p in request.images], ["case1.nii.gz", "case2.nrrd"])
+
+        def test_StopEndsTraining(self) -> None:
+            from PPRTrainingLib.training_process import python_interpreter
+
+            folder = self._tempFolder("fake")
+            (folder / "case.nii.gz").write_bytes(b"")
+            script = folder / "fake_trainer.py"
+            script.write_text(
+                "import sys, time\n"
+                "for i in range(1000):\n"
+                "    print(f'PROGRESS {i / 1000} step {i} loss 1.0', file=sys.stderr, flush=True)\n"
+                "    time.sleep(0.05)\n"
+            )
+            logic = PPRTrainingLogic(command_prefix=[python_interpreter(), str(script)])
+            run = logic.start(logic.request_from_folders([folder], folder / "bundle"))
+            slicer.util.delayDisplay("Fake training started", 500)
+            run.stop()
+            outcome = run.wait()
+            self.assertTrue(outcome.stopped)
+            self.assertNotEqual(outcome.returncode, 0)
+            self.delayDisplay("Test passed")

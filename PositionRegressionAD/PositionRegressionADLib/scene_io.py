@@ -1,0 +1,133 @@
+"""Scenes without the Slicer application: set one up, load volumes, save and load .mrb, write results.
+
+Inside Slicer the application provides the scene and its logics (``SceneContext.from_slicer_app``);
+in batch, in tests and in a web viewer ``SceneContext.create`` builds the same pieces from
+``slicer-core``: an application logic with the colour logic registered as "Colors" (the volumes
+logic looks it up by that name), the volumes logic, and the remote-IO and data-IO logics that
+reading a .mrb needs. Every path handed to MRML is made absolute (MRB writing needs it).
+
+This module does not detect anything and does not decide what a result is (``results``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import slicer
+import vtk
+
+from ppr.errors import InputImageError, PPRError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class SceneFileError(PPRError):
+    """A scene or result file could not be written or read."""
+
+
+@dataclass(frozen=True)
+class SceneContext:
+    """A scene and the logics that load and save data into it.
+
+    Usage::
+
+        context = SceneContext.create(cache_dir=Path("/tmp/ppr-cache"))
+        volume = load_volume(context, Path("head.nii.gz"))
+    """
+
+    scene: slicer.vtkMRMLScene
+    app_logic: slicer.vtkSlicerApplicationLogic
+    volumes_logic: slicer.vtkSlicerVolumesLogic
+    # Held so they stay alive as long as the scene: ReadFromMRB reaches them through the scene.
+    io_logics: tuple = ()
+
+    @classmethod
+    def create(cls, cache_dir: Path) -> "SceneContext":
+        """A new scene with the colour, volumes and data-IO logics, outside any Slicer application."""
+        scene = slicer.vtkMRMLScene()
+        app_logic = slicer.vtkSlicerApplicationLogic()
+        app_logic.SetMRMLScene(scene)
+        colour_logic = app_logic.GetColorLogic()
+        colour_logic.SetMRMLScene(scene)
+        colour_logic.AddDefaultColorNodes()
+        app_logic.SetModuleLogic("Colors", colour_logic)
+        # Slice logics find their siblings through these collections (slice rendering needs them).
+        app_logic.SetSliceLogics(vtk.vtkCollection())
+        app_logic.SetViewLogics(vtk.vtkCollection())
+
+        volumes_logic = slicer.vtkSlicerVolumesLogic()
+        volumes_logic.SetMRMLScene(scene)
+        volumes_logic.SetMRMLApplicationLogic(app_logic)
+        app_logic.SetModuleLogic("Volumes", volumes_logic)
+
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        remote_io = slicer.vtkMRMLRemoteIOLogic()
+        remote_io.SetMRMLScene(scene)
+        remote_io.SetMRMLApplicationLogic(app_logic)
+        remote_io.GetCacheManager().SetRemoteCacheDirectory(str(Path(cache_dir).resolve()))
+        data_io = slicer.vtkDataIOManagerLogic()
+        data_io.SetMRMLScene(scene)
+        data_io.SetMRMLApplicationLogic(app_logic)
+        data_io.SetAndObserveDataIOManager(remote_io.GetDataIOManager())
+        remote_io.AddDataIOToScene()
+        return cls(scene=scene, app_logic=app_logic, volumes_logic=volumes_logic, io_logics=(remote_io, data_io))
+
+    @classmethod
+    def from_slicer_app(cls) -> "SceneContext":
+        """The running Slicer application's scene and logics."""
+        return cls(scene=slicer.mrmlScene, app_logic=slicer.app.applicationLogic(),
+                   volumes_logic=slicer.modules.volumes.logic())
+
+
+def is_volume_file(path: Path) -> bool:
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def load_volume(context: SceneContext, path: Path, name: str | None = None) -> slicer.vtkMRMLScalarVolumeNode:
+    """Load a scalar volume (NIfTI, NRRD, MetaImage) into the context's scene."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise InputImageError(f"The file {path} does not exist: check the path.")
+    node_name = name or path.name.split(".")[0]
+    node = context.volumes_logic.AddArchetypeVolume(str(path), node_name)
+    if node is None or node.GetImageData() is None:
+        raise InputImageError(f"{path.name} could not be read as a volume: use NIfTI, NRRD or MetaImage.")
+    return node
+
+
+def save_node(node: slicer.vtkMRMLStorableNode, path: Path) -> Path:
+    """Write a volume, model, table or segmentation node to ``path`` (format from the suffix).
+
+    A temporary storage node does the writing, so the node's own storage (and the scene) stay as they
+    are. Models are written in LPS, the coordinate system other tools expect.
+    """
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = node.CreateDefaultStorageNode()
+    if storage is None:
+        raise SceneFileError(f"{node.GetName()} cannot be saved to a file.")
+    storage.SetFileName(str(path))
+    if storage.IsA("vtkMRMLModelStorageNode"):
+        storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
+    if not storage.WriteData(node) or not path.is_file():
+        raise SceneFileError(f"{node.GetName()} could not be written to {path}: check the folder and free space.")
+    return path
+
+
+def save_scene_mrb(scene: slicer.vtkMRMLScene, path: Path) -> Path:
+    """Save the whole scene with its data as one .mrb file."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not scene.WriteToMRB(str(path)) or not path.is_file():
+        raise SceneFileError(f"The scene could not be saved to {path}: check the folder and free space.")
+    return path
+
+
+def load_scene_mrb(context: SceneContext, path: Path) -> None:
+    """Replace the context's scene content with the .mrb file's."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise SceneFileError(f"The scene file {path} does not exist: check the path.")
+    if not context.scene.ReadFromMRB(str(path)):
+        raise SceneFileError(f"The scene file {path} could not be read: it may be damaged.")

@@ -1,0 +1,220 @@
+"""Test helpers shared by the pytest suite and the module's self-test in Slicer.
+
+- ``synthetic_head_node``: a small windowed head CT (scalp, skull, brain, one bright lesion) under an
+  oblique geometry, made in memory so the self-test needs no download.
+- ``fake_detect_main``: a stand-in for ``python -m ppr detect`` that speaks the same command line,
+  progress lines, JSON and exit codes, and writes an error map on the input's grid that peaks at the
+  input's lesion. What it does is chosen by the environment variable ``PPR_FAKE_DETECT``
+  ("ok", "refuse", "crash", "no-json", "hang"), so a test drives the real child-process path:
+  ``python -m PositionRegressionADLib.testing -m ppr detect ...``.
+- ``InProcessFakeDetection``: the same fake as a ``DetectionProcess`` that runs in this process.
+
+Nothing here is used by the product itself. The fake's numbers are not a detector's: never use them
+as evidence that detection works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from PositionRegressionADLib.process import ProcessOutcome, Progress, parse_progress_line
+
+FAKE_MODE_VARIABLE = "PPR_FAKE_DETECT"
+FAKE_PID_FILE_VARIABLE = "PPR_FAKE_PID_FILE"
+# Windowed like the dev data: air -20, brain 35, bone saturating at 100, the lesion 75.
+AIR, BRAIN, BONE, LESION = -20.0, 35.0, 100.0, 75.0
+LESION_RANGE = (60.0, 90.0)
+BACKGROUND_ERROR_MM = 6.0
+PEAK_ERROR_MM = 60.0
+
+
+def synthetic_head_array(shape_kji: tuple[int, int, int] = (24, 64, 64), lesion_ijk: tuple[int, int, int] = (40, 24, 14)) -> np.ndarray:
+    """Voxels (k, j, i) of a windowed head: ellipsoidal scalp, skull shell, brain, a spherical lesion."""
+    k, j, i = np.meshgrid(*(np.linspace(-1.0, 1.0, n) for n in shape_kji), indexing="ij")
+    radius = np.sqrt((i / 0.85) ** 2 + (j / 0.9) ** 2 + (k / 0.95) ** 2)
+    volume = np.full(shape_kji, AIR, dtype=np.float32)
+    volume[radius < 1.0] = BRAIN  # scalp
+    volume[radius < 0.93] = BONE
+    volume[radius < 0.82] = BRAIN
+    li, lj, lk = lesion_ijk
+    lesion = (np.arange(shape_kji[2])[None, None, :] - li) ** 2 + (np.arange(shape_kji[1])[None, :, None] - lj) ** 2 \
+        + ((np.arange(shape_kji[0])[:, None, None] - lk) * 3.0) ** 2
+    volume[lesion < 25.0] = LESION
+    return volume
+
+
+def synthetic_head_node(scene, name: str = "Synthetic head"):
+    """A scalar volume node in ``scene`` holding ``synthetic_head_array`` under an oblique IJK->RAS."""
+    import slicer
+    import vtk
+
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    scene.AddNode(node)
+    matrix = vtk.vtkMatrix4x4()
+    transform = vtk.vtkTransform()
+    transform.Translate(-60.0, 35.0, -40.0)
+    transform.RotateZ(12.0)
+    transform.RotateX(-6.0)
+    transform.Scale(2.5, 2.8, 4.0)
+    transform.GetMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
+    slicer.util.updateVolumeFromArray(node, synthetic_head_array().astype(np.int16))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake detector
+
+
+def _parse_detect_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The detect command's arguments; anything before ``detect`` (``-m ppr``) is ignored."""
+    argv = list(argv)
+    rest = argv[argv.index("detect") + 1:] if "detect" in argv else argv
+    parser = argparse.ArgumentParser(prog="fake ppr detect")
+    parser.add_argument("input")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--stride", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--progress", action="store_true")
+    return parser.parse_args(rest)
+
+
+def fake_error_map(image):
+    """Error map (SimpleITK, the input's grid) that is background in the head and peaks at the lesion."""
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayFromImage(image).astype(np.float32)
+    head = values > AIR + 5.0
+    lesion = (values >= LESION_RANGE[0]) & (values <= LESION_RANGE[1])
+    errors = np.where(head, BACKGROUND_ERROR_MM, 0.0).astype(np.float32)
+    if lesion.any():
+        centre = np.array(np.nonzero(lesion)).mean(axis=1)  # (k, j, i)
+        centre_mm = np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in centre[::-1])))
+        grid = np.stack(np.meshgrid(*(np.arange(n) for n in values.shape), indexing="ij"), axis=-1)
+        matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+        points = grid[..., ::-1] @ matrix.T + np.asarray(image.GetOrigin())
+        distance = np.linalg.norm(points - centre_mm, axis=-1)
+        errors += np.where(head, PEAK_ERROR_MM * np.exp(-0.5 * (distance / 6.0) ** 2), 0.0).astype(np.float32)
+    result = sitk.GetImageFromArray(errors)
+    result.CopyInformation(image)
+    return result
+
+
+def _fake_report(image, errors, args: argparse.Namespace, seconds: float) -> dict:
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayFromImage(image)
+    error_values = sitk.GetArrayFromImage(errors)
+    head = values > AIR + 5.0
+    # Split at the centre column of the array: a fake's "hemispheres", not anatomy.
+    left = np.zeros_like(head)
+    left[..., values.shape[2] // 2:] = True
+    k, j, i = np.unravel_index(int(np.argmax(error_values)), error_values.shape)
+    return {
+        "seconds": round(seconds, 3), "device": "cpu" if args.device == "auto" else args.device,
+        "stride": args.stride, "method": "fake", "output": str(Path(args.out).resolve()),
+        "error_mm": {"max": float(error_values.max()), "mean": float(error_values[head].mean())},
+        "regions": {
+            "left_hemisphere": float(error_values[head & left].mean()),
+            "right_hemisphere": float(error_values[head & ~left].mean()),
+            "skull": float(error_values[values >= BONE - 1].mean()),
+            "head": float(error_values[head].mean()),
+        },
+        "max_error_lps": list(image.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))),
+        "registration_metric": 0.5,
+    }
+
+
+def fake_detect_main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Behave like ``python -m ppr detect`` (see the module docstring); returns the exit code."""
+    import SimpleITK as sitk
+
+    env = os.environ if env is None else env
+    mode = env.get(FAKE_MODE_VARIABLE, "ok")
+    args = _parse_detect_arguments(argv)
+    started = time.monotonic()
+    print("PROGRESS 0.0 reading the input", file=sys.stderr, flush=True)
+    if mode == "refuse":
+        print("error: The input is a single slice; a head CT needs at least 10 slices.", file=sys.stderr)
+        return 2
+    if mode == "crash":
+        print("Traceback (most recent call last):\nRuntimeError: fake internal failure", file=sys.stderr)
+        return 1
+    if mode == "hang":
+        _hang(env)
+    image = sitk.ReadImage(args.input)
+    print("PROGRESS 0.5 computing the error map", file=sys.stderr, flush=True)
+    errors = fake_error_map(image)
+    sitk.WriteImage(errors, args.out)
+    print("PROGRESS 1.0 done", file=sys.stderr, flush=True)
+    if mode != "no-json":
+        print(json.dumps(_fake_report(image, errors, args, time.monotonic() - started)))
+    return 0
+
+
+def _hang(env: Mapping[str, str]) -> None:
+    """Start a grandchild and wait for ever (cancel must kill both); their pids go to a file."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    pid_file = env.get(FAKE_PID_FILE_VARIABLE)
+    if pid_file:
+        Path(pid_file).write_text(f"{os.getpid()} {worker.pid}\n")
+    print("PROGRESS 0.2 waiting for ever", file=sys.stderr, flush=True)
+    time.sleep(600)
+
+
+class InProcessFakeDetection:
+    """``DetectionProcess`` that runs ``fake_detect_main`` in this process when first polled."""
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        self._command = list(command)
+        self._env = dict(env)
+        self._outcome: ProcessOutcome | None = None
+        self._progress: list[Progress] = []
+        self._cancelled = False
+
+    def _run(self) -> None:
+        import contextlib
+        import io
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = fake_detect_main(self._command, self._env)
+        lines = stderr.getvalue().splitlines()
+        self._progress = [p for p in map(parse_progress_line, lines) if p is not None]
+        other = "\n".join(line for line in lines if parse_progress_line(line) is None)
+        self._outcome = ProcessOutcome(code, stdout.getvalue(), other, cancelled=False)
+
+    def poll(self) -> int | None:
+        if self._outcome is None and not self._cancelled:
+            self._run()
+        return self._outcome.returncode if self._outcome else -9
+
+    def take_progress(self) -> list[Progress]:
+        updates, self._progress = self._progress, []
+        return updates
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def outcome(self) -> ProcessOutcome:
+        if self._cancelled:
+            return ProcessOutcome(-9, "", "", cancelled=True)
+        self.poll()
+        return self._outcome
+
+
+if __name__ == "__main__":
+    sys.exit(fake_detect_main(sys.argv[1:]))

@@ -1,0 +1,408 @@
+"""Normative calibration of error maps, and region-score aggregation.
+
+What it does:
+- From the model-space error maps (mm) of held-out *healthy* scans it estimates, for every place in
+  the model grid, how large the position error of healthy anatomy usually is (median) and how much it
+  varies (robust spread: MAD * 1.4826, floored). ``z_map`` turns a new error map into a z-map
+  ``(error - median) / spread``: "how unusual is this error *here*", which removes the large healthy
+  error in places the network always finds hard (see DESIGN.md: ~30 mm mean healthy error).
+- ``aggregate`` reduces the values of a map inside one region mask to one region score (max,
+  percentile, mean of the top k, mean).
+
+What it does not: run the network, build region masks, or touch files other than ``calibration.npz``
+(the bundle's checksums are refreshed through ``ppr.bundle`` by ``cli_calibrate``).
+
+Why a reduced resolution. With the few healthy scans a user has (10-30), a per-voxel median over
+scans alone is noise. The statistics are therefore estimated on a coarse grid (one coarse voxel per
+``factor``^3 model voxels, default 4^3) by pooling, for each coarse voxel, ``samples_per_axis``^3
+voxels of its block from every scan (default 8 per scan), then the median and spread maps are
+smoothed with a Gaussian of ``smoothing_voxels`` coarse voxels (default 1, i.e. 4 mm at 1 mm
+spacing). Pooling single voxels (not block means) keeps the spread on the scale of single-voxel
+errors, so z of a single voxel is not inflated. Registration is only accurate to a few mm anyway,
+so statistics sharper than ~4 mm would describe registration noise rather than anatomy.
+Memory: n_scans * samples_per_axis^3 * (N/factor)^3 float32 (20 scans at N = 256: 168 MB).
+
+Default overlay threshold: the 99.9th percentile of the z of the calibration scans' own head voxels
+(in-sample, so slightly optimistic: each scan contributed 1/n of the pooled samples; with few scans
+expect somewhat more than 0.1 % of healthy voxels above it on new scans).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.ndimage
+
+from ppr.errors import BundleError, PPRError
+
+CALIBRATION_FILENAME = "calibration.npz"
+CALIBRATION_FORMAT_VERSION = 1
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+MIN_SCANS = 3
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How the healthy error statistics are estimated (see the module docstring for the why).
+
+    factor: a coarse voxel covers factor^3 model voxels.
+    samples_per_axis: voxels pooled per block per axis from every scan (samples_per_axis <= factor).
+    smoothing_voxels: Gaussian sigma, in coarse voxels, applied to the median and spread maps.
+    min_spread_mm: floor of the spread so z does not explode where healthy errors are all equal.
+    min_spread_fraction: a second floor, this fraction of the median spread inside the head.
+    overlay_percentile: percentile of healthy head-voxel z used as the default overlay threshold.
+    """
+
+    factor: int = 4
+    samples_per_axis: int = 2
+    smoothing_voxels: float = 1.0
+    min_spread_mm: float = 0.5
+    min_spread_fraction: float = 0.1
+    overlay_percentile: float = 99.9
+
+    def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ValueError(f"factor must be at least 1, got {self.factor}")
+        if not 1 <= self.samples_per_axis <= self.factor:
+            raise ValueError(f"samples_per_axis must be in [1, factor], got {self.samples_per_axis}")
+        if self.smoothing_voxels < 0 or self.min_spread_mm <= 0 or self.min_spread_fraction < 0:
+            raise ValueError("smoothing_voxels, min_spread_fraction must be >= 0 and min_spread_mm > 0")
+        if not 50.0 <= self.overlay_percentile < 100.0:
+            raise ValueError(f"overlay_percentile must be in [50, 100), got {self.overlay_percentile}")
+
+    @property
+    def sample_offsets(self) -> np.ndarray:
+        """Positions, inside a block, of the pooled voxels along one axis (evenly spread)."""
+        step = self.factor / self.samples_per_axis
+        return np.floor((np.arange(self.samples_per_axis) + 0.5) * step).astype(int)
+
+    @property
+    def block_centre(self) -> float:
+        """Model-voxel coordinate, inside a block, that the coarse statistics describe."""
+        return float(self.sample_offsets.mean())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CalibrationConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """Per-place healthy error statistics of one model, on the coarse grid.
+
+    median_mm, spread_mm: float32 arrays of shape ``coarse_shape`` (model axes z, y, x).
+    grid_shape: shape of the model-space error maps this calibration applies to.
+    """
+
+    median_mm: np.ndarray
+    spread_mm: np.ndarray
+    grid_shape: tuple[int, int, int]
+    n_scans: int
+    case_names: tuple[str, ...]
+    overlay_threshold_z: float
+    config: CalibrationConfig
+
+    @property
+    def factor(self) -> int:
+        return self.config.factor
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def block_samples(error_map_mm: np.ndarray, config: CalibrationConfig) -> np.ndarray:
+    """The pooled voxels of every coarse block: shape (samples_per_axis^3, *coarse_shape), float32.
+
+    The map is padded at its far edges (edge values) up to a multiple of ``factor``.
+    """
+    k = config.factor
+    pad = [(0, (-size) % k) for size in error_map_mm.shape]
+    padded = np.pad(np.asarray(error_map_mm, dtype=np.float32), pad, mode="edge")
+    coarse = tuple(size // k for size in padded.shape)
+    blocks = padded.reshape(coarse[0], k, coarse[1], k, coarse[2], k)
+    offsets = config.sample_offsets
+    picked = blocks[:, offsets][:, :, :, offsets][:, :, :, :, :, offsets]
+    # axes now (c0, s, c1, s, c2, s): samples first so scans stack along one axis
+    return np.ascontiguousarray(picked.transpose(1, 3, 5, 0, 2, 4).reshape(-1, *coarse))
+
+
+def _median_axis0(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median along axis 0 ignoring NaN, and the number of values it used.
+
+    Sorting puts NaN last, so the median is read at the middle of each column's valid part
+    (np.nanmedian loops in Python over columns, far too slow for 10^5-10^6 columns).
+    """
+    ordered = np.sort(values, axis=0)
+    count = (~np.isnan(values)).sum(axis=0)
+    low = np.clip((count - 1) // 2, 0, None)[None]
+    high = np.clip(count // 2, 0, values.shape[0] - 1)[None]
+    median = 0.5 * (np.take_along_axis(ordered, low, 0)[0] + np.take_along_axis(ordered, high, 0)[0])
+    return np.where(count > 0, median, np.nan).astype(np.float32), count
+
+
+def robust_statistics(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, spread (MAD * 1.4826) and number of valid samples along axis 0, NaN ignored."""
+    median, count = _median_axis0(samples)
+    deviation, _ = _median_axis0(np.abs(samples - median))
+    return median, (deviation * MAD_TO_SIGMA).astype(np.float32), count
+
+
+def _smooth_where_measured(values: np.ndarray, weights: np.ndarray, sigma_voxels: float) -> np.ndarray:
+    """Gaussian smoothing weighted by the number of samples (normalised convolution).
+
+    Weighting keeps places no scan measured (outside every head mask) from pulling their
+    neighbours: a plain Gaussian would mix background errors into the scalp and skull.
+    Unmeasured places far from any measurement take the median of the measured ones.
+    """
+    weights = weights.astype(np.float64)
+    filled = np.where(weights > 0, values, 0.0)
+    if sigma_voxels > 0:
+        numerator = scipy.ndimage.gaussian_filter(filled * weights, sigma_voxels, mode="nearest")
+        denominator = scipy.ndimage.gaussian_filter(weights, sigma_voxels, mode="nearest")
+    else:
+        numerator, denominator = filled * weights, weights
+    supported = denominator > 1e-6 * max(float(weights.max()), 1.0)
+    if not supported.any():
+        raise PPRError("The calibration error maps contain no finite head voxel: check the detection output.")
+    smoothed = np.where(supported, numerator / np.where(supported, denominator, 1.0), np.nan)
+    return np.where(supported, smoothed, np.median(smoothed[supported])).astype(np.float32)
+
+
+def fit_calibration(
+    error_maps_mm: Iterable[np.ndarray],
+    case_names: Iterable[str],
+    config: CalibrationConfig = CalibrationConfig(),
+    head_masks: Iterable[np.ndarray] | None = None,
+) -> Calibration:
+    """Estimate healthy error statistics from model-space error maps (mm) of healthy scans.
+
+    error_maps_mm may be a generator (maps are reduced one at a time, never all held at full size).
+    head_masks, when given (one per map, model space), restrict the statistics to head voxels:
+    background errors say nothing about anatomy and would otherwise leak into the head's edge.
+    NaN voxels (not computed) are ignored.
+    """
+    names = tuple(case_names)
+    masks_iter = iter(head_masks) if head_masks is not None else None
+    samples, grid_shape = [], None
+    for error_map in error_maps_mm:
+        error_map = np.asarray(error_map)
+        if error_map.ndim != 3:
+            raise PPRError(f"A calibration error map must be 3D, got shape {error_map.shape}.")
+        if grid_shape is None:
+            grid_shape = tuple(int(size) for size in error_map.shape)
+        elif error_map.shape != grid_shape:
+            raise PPRError(
+                f"Calibration error maps differ in shape ({error_map.shape} vs {grid_shape}): "
+                "use one model bundle for all calibration scans."
+            )
+        scan_samples = block_samples(error_map, config)
+        if masks_iter is not None:
+            scan_samples[block_samples(np.asarray(next(masks_iter), np.float32), config) < 0.5] = np.nan
+        samples.append(scan_samples)
+    if len(samples) < MIN_SCANS:
+        raise PPRError(
+            f"Calibration needs at least {MIN_SCANS} healthy scans, got {len(samples)}: "
+            "give more held-out healthy head CTs (10 or more give stable statistics)."
+        )
+    if len(names) != len(samples):
+        raise ValueError(f"{len(names)} case names for {len(samples)} error maps")
+    stacked = np.concatenate(samples, axis=0)
+    del samples
+    median, spread, count = robust_statistics(stacked)
+    median = _smooth_where_measured(median, count, config.smoothing_voxels)
+    spread = _smooth_where_measured(spread, count, config.smoothing_voxels)
+    spread = _floor_spread(spread, count > 0, config)
+    z = (stacked - median) / spread
+    threshold = float(np.percentile(z[np.isfinite(z)], config.overlay_percentile))
+    return Calibration(
+        median_mm=median,
+        spread_mm=spread,
+        grid_shape=grid_shape,
+        n_scans=len(names),
+        case_names=names,
+        overlay_threshold_z=threshold,
+        config=config,
+    )
+
+
+def _floor_spread(spread: np.ndarray, measured: np.ndarray, config: CalibrationConfig) -> np.ndarray:
+    typical = float(np.median(spread[measured]))
+    floor = max(config.min_spread_mm, config.min_spread_fraction * typical)
+    return np.maximum(spread, floor).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- applying
+
+
+def upsample_to_grid(coarse: np.ndarray, config: CalibrationConfig, grid_shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear interpolation from the coarse grid to the model grid (both model space).
+
+    Coarse voxel j describes model voxel ``j * factor + block_centre``; beyond the outermost coarse
+    centres the edge values are kept.
+    """
+    k = config.factor
+    return scipy.ndimage.affine_transform(
+        np.asarray(coarse, dtype=np.float32),
+        matrix=np.full(3, 1.0 / k),
+        offset=np.full(3, -config.block_centre / k),
+        output_shape=tuple(grid_shape),
+        order=1,
+        mode="nearest",
+    )
+
+
+def z_map(error_map_mm: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """z = (error - healthy median) / healthy spread, per model voxel (float32, model space)."""
+    error_map_mm = np.asarray(error_map_mm, dtype=np.float32)
+    if error_map_mm.shape != tuple(calibration.grid_shape):
+        raise PPRError(
+            f"The calibration was made for model grid {tuple(calibration.grid_shape)} but this error map "
+            f"is {error_map_mm.shape}: recalibrate the bundle (python -m ppr calibrate)."
+        )
+    median = upsample_to_grid(calibration.median_mm, calibration.config, error_map_mm.shape)
+    spread = upsample_to_grid(calibration.spread_mm, calibration.config, error_map_mm.shape)
+    return ((error_map_mm - median) / spread).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def save_calibration(calibration: Calibration, path: str | Path) -> Path:
+    """Write ``calibration.npz`` (no pickles: plain arrays, numbers and a JSON config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        np.savez_compressed(
+            handle,
+            format_version=np.int64(CALIBRATION_FORMAT_VERSION),
+            median_mm=calibration.median_mm.astype(np.float32),
+            spread_mm=calibration.spread_mm.astype(np.float32),
+            factor=np.int64(calibration.factor),
+            grid_shape=np.asarray(calibration.grid_shape, dtype=np.int64),
+            n_scans=np.int64(calibration.n_scans),
+            case_names=np.asarray(calibration.case_names, dtype=str),
+            overlay_threshold_z=np.float64(calibration.overlay_threshold_z),
+            config_json=np.asarray(json.dumps(calibration.config.to_dict(), sort_keys=True)),
+        )
+    return path
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read ``calibration.npz``; a missing, corrupt or newer file raises ``BundleError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"No calibration found at {path}: run `python -m ppr calibrate` on this bundle.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            version = int(data["format_version"])
+            if version > CALIBRATION_FORMAT_VERSION:
+                raise BundleError(
+                    f"{path} has calibration format {version}, newer than this software "
+                    f"({CALIBRATION_FORMAT_VERSION}): update the extension."
+                )
+            config = CalibrationConfig.from_dict(json.loads(str(data["config_json"])))
+            calibration = Calibration(
+                median_mm=data["median_mm"].astype(np.float32),
+                spread_mm=data["spread_mm"].astype(np.float32),
+                grid_shape=tuple(int(v) for v in data["grid_shape"]),
+                n_scans=int(data["n_scans"]),
+                case_names=tuple(str(v) for v in data["case_names"]),
+                overlay_threshold_z=float(data["overlay_threshold_z"]),
+                config=config,
+            )
+            stored_factor = int(data["factor"])
+    except BundleError:
+        raise
+    except Exception as error:  # zip, key and value errors all mean the same to the user
+        raise BundleError(f"{path} is not a readable calibration file ({error}): recalibrate the bundle.") from error
+    if stored_factor != config.factor or calibration.median_mm.shape != calibration.spread_mm.shape:
+        raise BundleError(f"{path} is inconsistent: recalibrate the bundle.")
+    return calibration
+
+
+# ----------------------------------------------------------------------------- region scores
+
+AGGREGATE_METHODS = ("max", "percentile", "top_k_mean", "mean")
+
+
+def aggregate(values: np.ndarray, method: str, **params: float) -> float:
+    """One number from the values of a map inside a region (NaN are ignored).
+
+    method "max"; "percentile" with ``p`` in [0, 100]; "top_k_mean" with ``k``: a fraction of the
+    region's voxels when 0 < k < 1, a voxel count when k >= 1 (at least one voxel is always used);
+    "mean". An empty region gives NaN: there is nothing to score.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[~np.isnan(values)]
+    if method not in AGGREGATE_METHODS:
+        raise ValueError(f"unknown aggregate {method!r}; choose one of {AGGREGATE_METHODS}")
+    unknown = set(params) - {"max": set(), "percentile": {"p"}, "top_k_mean": {"k"}, "mean": set()}[method]
+    if unknown:
+        raise ValueError(f"aggregate {method!r} takes no parameter {sorted(unknown)}")
+    if values.size == 0:
+        return math.nan
+    if method == "max":
+        return float(values.max())
+    if method == "mean":
+        return float(values.mean())
+    if method == "percentile":
+        p = float(params.get("p", 99.0))
+        if not 0.0 <= p <= 100.0:
+            raise ValueError(f"percentile p must be in [0, 100], got {p}")
+        return float(np.percentile(values, p))
+    return _top_k_mean(values, float(params.get("k", 0.01)))
+
+
+def _top_k_mean(values: np.ndarray, k: float) -> float:
+    if k <= 0:
+        raise ValueError(f"top_k_mean k must be positive, got {k}")
+    count = math.ceil(k * values.size) if k < 1 else int(k)
+    count = min(max(count, 1), values.size)
+    return float(np.partition(values, values.size - count)[values.size - count :].mean())
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A configured aggregate, e.g. ``Aggregation("top_k_mean", k=0.01)(values)``."""
+
+    method: str = "top_k_mean"
+    p: float = 99.0
+    k: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.method not in AGGREGATE_METHODS:
+            raise ValueError(f"unknown aggregate {self.method!r}; choose one of {AGGREGATE_METHODS}")
+
+    @property
+    def params(self) -> dict[str, float]:
+        return {"percentile": {"p": self.p}, "top_k_mean": {"k": self.k}}.get(self.method, {})
+
+    def __call__(self, values: np.ndarray) -> float:
+        return aggregate(values, self.method, **self.params)
+
+    def describe(self) -> str:
+        return f"{self.method}" + "".join(f" {key}={value:g}" for key, value in self.params.items())
+
+
+def region_scores(
+    score_map: np.ndarray, region_masks: Mapping[str, np.ndarray], aggregation: Aggregation = Aggregation()
+) -> dict[str, float]:
+    """Aggregate a model-space map (error in mm or z) inside each region mask of the same shape."""
+    scores = {}
+    for name, mask in region_masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != score_map.shape:
+            raise ValueError(f"region {name!r} has shape {mask.shape}, the map {score_map.shape}")
+        scores[name] = aggregation(score_map[mask])
+    return scores

@@ -1,0 +1,718 @@
+"""Evaluation of a model bundle on labelled cases: metrics and the evaluation run.
+
+What it does:
+- Metrics in numpy that equal scikit-learn's: ``roc_auc`` (rank-based, ties count one half, equal
+  to ``sklearn.metrics.roc_auc_score``), ``average_precision`` (step-wise, as
+  ``sklearn.metrics.average_precision_score`` defines it), ``roc_curve_points``, and stratified
+  bootstrap confidence intervals (``bootstrap_ci``, seeded).
+- ``ScoreHistogram``: voxel-level average precision and best Dice over many voxels in constant
+  memory. Scores are binned on a fixed range: the AP it returns is *exactly* scikit-learn's AP of
+  the scores rounded down to their bin's lower edge; the only difference to the unbinned AP comes
+  from voxels of different labels that share a bin (with the default 2^14 bins over the observed
+  range this moved AP by < 1e-3 in the tests; see test_evaluation_voxel_metrics.py).
+
+What it does not: compute error maps (``ppr.detection``) or region masks (``ppr.masks``); it reads
+them. Argument parsing and printing live in ``cli_evaluate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import SimpleITK as sitk
+
+from ppr.calibration import Aggregation, Calibration, region_scores, z_map
+from ppr.errors import InputImageError, PPRError
+from ppr.mood import MoodNormalisation, write_mood_outputs
+
+# ----------------------------------------------------------------------------- ranking metrics
+
+
+def _binary_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels).ravel()
+    values = np.unique(labels)
+    if not np.isin(values, (0, 1)).all():
+        raise ValueError(f"labels must be 0/1 (or bool), got values {values[:5]}")
+    return labels.astype(bool)
+
+
+def tie_groups(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative counts per distinct score, highest score first (int64 arrays)."""
+    labels = _binary_labels(labels)
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores for {labels.size} labels")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    distinct, group = np.unique(scores, return_inverse=True)
+    positives = np.bincount(group[labels], minlength=distinct.size)
+    negatives = np.bincount(group[~labels], minlength=distinct.size)
+    return positives[::-1].astype(np.int64), negatives[::-1].astype(np.int64)
+
+
+def auroc_from_counts(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """AUROC from per-threshold counts (highest first): P(pos > neg) + 0.5 P(pos == neg).
+
+    NaN when one class is absent (scikit-learn also returns NaN, with a warning).
+    """
+    n_pos, n_neg = float(positives.sum()), float(negatives.sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    above = np.cumsum(positives) - positives
+    # the sum counts in halves so that it stays an integer for patient-level sizes (exact)
+    halves = np.dot(negatives.astype(np.float64), (2 * above + positives).astype(np.float64))
+    return float(halves / (2.0 * n_pos * n_neg))
+
+
+def average_precision_from_counts(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """AP = sum over thresholds of (recall step) * precision, thresholds highest first.
+
+    Empty thresholds (no voxel) are skipped. NaN when there is no positive (scikit-learn returns 0
+    with a warning there, which reads like a real result; NaN says "undefined").
+    """
+    positives = np.asarray(positives, dtype=np.float64)
+    negatives = np.asarray(negatives, dtype=np.float64)
+    keep = (positives + negatives) > 0
+    positives, negatives = positives[keep], negatives[keep]
+    n_pos = positives.sum()
+    if n_pos == 0:
+        return float("nan")
+    true_pos = np.cumsum(positives)
+    precision = true_pos / (true_pos + np.cumsum(negatives))
+    return float(np.dot(positives / n_pos, precision))
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (equals ``sklearn.metrics.roc_auc_score``, ties included)."""
+    return auroc_from_counts(*tie_groups(labels, scores))
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision (equals ``sklearn.metrics.average_precision_score``, ties included)."""
+    return average_precision_from_counts(*tie_groups(labels, scores))
+
+
+def roc_curve_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, starting at (0, 0)."""
+    positives, negatives = tie_groups(labels, scores)
+    fpr = np.concatenate([[0.0], np.cumsum(negatives) / max(negatives.sum(), 1)])
+    tpr = np.concatenate([[0.0], np.cumsum(positives) / max(positives.sum(), 1)])
+    return fpr, tpr
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a bootstrap confidence interval (NaN where undefined)."""
+
+    value: float
+    low: float
+    high: float
+
+    def as_list(self) -> list[float | None]:
+        return [_none_if_nan(self.low), _none_if_nan(self.high)]
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def bootstrap_ci(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    metric: Metric,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """Percentile bootstrap interval of ``metric``, resampling positives and negatives separately.
+
+    Stratified so that every resample keeps the class counts of the data (an AUROC or AP is never
+    undefined in a resample). The same seed gives the same interval.
+    """
+    labels = _binary_labels(labels)
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    value = metric(labels, scores)
+    pos_index, neg_index = np.flatnonzero(labels), np.flatnonzero(~labels)
+    if pos_index.size == 0 or neg_index.size == 0 or n_resamples <= 0:
+        return Interval(value, float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    resampled = np.empty(n_resamples)
+    for i in range(n_resamples):
+        chosen = np.concatenate(
+            [rng.choice(pos_index, pos_index.size, replace=True), rng.choice(neg_index, neg_index.size, replace=True)]
+        )
+        resampled[i] = metric(labels[chosen], scores[chosen])
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(resampled, [tail, 100.0 - tail])
+    return Interval(value, float(low), float(high))
+
+
+# ----------------------------------------------------------------------------- voxel level
+
+DEFAULT_BINS = 2**14
+
+
+class ScoreHistogram:
+    """Counts of positive and negative voxels per score bin, accumulated case by case.
+
+    Usage::
+
+        histogram = ScoreHistogram(low=0.0, high=300.0)
+        for scores, mask in cases:
+            histogram.add(scores, mask)
+        histogram.average_precision(), histogram.best_dice()
+
+    Scores below ``low`` / above ``high`` fall into the first / last bin: choose the range from the
+    data (the evaluation takes the minimum and maximum over all cases first).
+    """
+
+    def __init__(self, low: float, high: float, bins: int = DEFAULT_BINS) -> None:
+        if not np.isfinite(low) or not np.isfinite(high):
+            raise ValueError(f"histogram range must be finite, got [{low}, {high}]")
+        if high <= low:
+            high = low + 1.0  # a constant map: every voxel in one bin is still correct
+        self.low, self.high, self.bins = float(low), float(high), int(bins)
+        self.positives = np.zeros(self.bins, dtype=np.int64)
+        self.negatives = np.zeros(self.bins, dtype=np.int64)
+
+    def bin_index(self, scores: np.ndarray) -> np.ndarray:
+        scaled = (np.asarray(scores, dtype=np.float64) - self.low) * (self.bins / (self.high - self.low))
+        return np.clip(np.floor(scaled), 0, self.bins - 1).astype(np.int64)
+
+    def bin_lower_edges(self) -> np.ndarray:
+        return self.low + np.arange(self.bins) * ((self.high - self.low) / self.bins)
+
+    def add(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        scores = np.asarray(scores).ravel()
+        labels = np.asarray(labels).ravel().astype(bool)
+        if scores.shape != labels.shape:
+            raise ValueError(f"{scores.size} scores for {labels.size} labels")
+        valid = ~np.isnan(scores)
+        index = self.bin_index(scores[valid])
+        valid_labels = labels[valid]
+        self.positives += np.bincount(index[valid_labels], minlength=self.bins)
+        self.negatives += np.bincount(index[~valid_labels], minlength=self.bins)
+
+    @property
+    def n_positive(self) -> int:
+        return int(self.positives.sum())
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.positives.sum() + self.negatives.sum())
+
+    def average_precision(self) -> float:
+        return average_precision_from_counts(self.positives[::-1], self.negatives[::-1])
+
+    def auroc(self) -> float:
+        return auroc_from_counts(self.positives[::-1], self.negatives[::-1])
+
+    def best_dice(self) -> tuple[float, float]:
+        """Highest Dice of "score >= threshold" against the labels over all bin edges, and that edge.
+
+        (NaN, NaN) when there is no positive voxel.
+        """
+        n_pos = self.n_positive
+        if n_pos == 0:
+            return float("nan"), float("nan")
+        true_pos = np.cumsum(self.positives[::-1]).astype(np.float64)
+        predicted = true_pos + np.cumsum(self.negatives[::-1])
+        dice = 2.0 * true_pos / (predicted + n_pos)
+        best = int(np.argmax(dice))
+        return float(dice[best]), float(self.bin_lower_edges()[::-1][best])
+
+
+# ----------------------------------------------------------------------------- cases
+
+STRUCTURES: dict[str, str] = {  # label column -> region mask it is scored in
+    "any": "head",
+    "left": "left_hemisphere",
+    "right": "right_hemisphere",
+    "skull": "skull",
+}
+REGIONS = tuple(STRUCTURES.values())
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the cases CSV, paths resolved against the CSV's folder.
+
+    labels: 0/1 per structure ("any" is the ``anomalous`` column); None where the CSV leaves the
+    cell empty or has no such column (the case then does not count for that structure).
+    """
+
+    name: str
+    image_path: Path
+    mask_path: Path | None
+    labels: dict[str, int | None] = field(hash=False)
+
+    @property
+    def anomalous(self) -> int:
+        return int(self.labels["any"])
+
+
+def _label(text: str | None, column: str, row: int, csv_path: Path) -> int | None:
+    text = (text or "").strip()
+    if column != "anomalous" and text == "":
+        return None
+    if text not in ("0", "1"):
+        raise PPRError(f"{csv_path}, row {row}: column '{column}' must be 0 or 1, got {text!r}.")
+    return int(text)
+
+
+def _case_name(image_path: Path) -> str:
+    name = image_path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_cases(csv_path: str | Path) -> list[Case]:
+    """Read CASES.csv: ``image`` and ``anomalous`` required; ``mask``, ``left``, ``right``, ``skull``
+    and ``case`` (a name) optional. Paths are relative to the CSV's folder."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise PPRError(f"{csv_path} does not exist: give the cases CSV (columns image, anomalous).")
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        missing = {"image", "anomalous"} - columns
+        if missing:
+            raise PPRError(
+                f"{csv_path} lacks the column(s) {sorted(missing)}: it needs 'image' (a path relative to the "
+                "CSV) and 'anomalous' (0/1), optionally 'mask', 'left', 'right', 'skull'."
+            )
+        cases = [_case_from_row(row, number, csv_path) for number, row in enumerate(reader, start=2)]
+    if not cases:
+        raise PPRError(f"{csv_path} lists no case.")
+    names = [case.name for case in cases]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise PPRError(f"{csv_path} lists these cases twice: {duplicates}. Give each case once.")
+    return cases
+
+
+def _case_from_row(row: dict[str, str], number: int, csv_path: Path) -> Case:
+    folder = csv_path.parent
+    image_path = folder / row["image"].strip()
+    if not image_path.exists():
+        raise PPRError(f"{csv_path}, row {number}: image {image_path} does not exist.")
+    mask_text = (row.get("mask") or "").strip()
+    mask_path = folder / mask_text if mask_text else None
+    if mask_path is not None and not mask_path.exists():
+        raise PPRError(f"{csv_path}, row {number}: mask {mask_path} does not exist.")
+    labels = {"any": _label(row["anomalous"], "anomalous", number, csv_path)}
+    for column in ("left", "right", "skull"):
+        labels[column] = _label(row.get(column), column, number, csv_path)
+    name = (row.get("case") or "").strip() or _case_name(image_path)
+    return Case(name=name, image_path=image_path, mask_path=mask_path, labels=labels)
+
+
+# ----------------------------------------------------------------------------- detection and cache
+
+
+@dataclass(frozen=True)
+class CaseMaps:
+    """What the evaluation needs from the detection of one scan.
+
+    error_map_mm: model space, float32, with the model grid's geometry.
+    head_mask: model space, uint8, same grid.
+    transform: maps model-space points to input-space points (``RegistrationResult.transform``).
+    """
+
+    error_map_mm: sitk.Image
+    head_mask: sitk.Image
+    transform: sitk.Transform
+
+
+class Detector(Protocol):
+    """Runs detection on one scan. ``cache_key`` names everything that changes the maps
+    (model checksum, stride, inference method), never the device."""
+
+    cache_key: str
+
+    def __call__(self, image: sitk.Image) -> CaseMaps: ...
+
+
+def image_hash(path: Path) -> str:
+    """sha256 of an image file, or of every file (names and bytes) of a DICOM folder."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class MapCache:
+    """Model-space maps of detected cases under ``folder``, keyed by image hash + detector key.
+
+    Stored as MetaImage (.mha, doubles for geometry: exact) and an ITK transform file.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def key(self, image_path: Path, detector_key: str) -> str:
+        return hashlib.sha256(f"{image_hash(image_path)}|{detector_key}".encode()).hexdigest()[:32]
+
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+        return (
+            self.folder / f"{key}_error_mm.mha",
+            self.folder / f"{key}_head_mask.mha",
+            self.folder / f"{key}_transform.tfm",
+        )
+
+    def load(self, key: str) -> CaseMaps | None:
+        error_path, mask_path, transform_path = self._paths(key)
+        if not (error_path.is_file() and mask_path.is_file() and transform_path.is_file()):
+            return None
+        try:
+            return CaseMaps(
+                sitk.ReadImage(str(error_path)), sitk.ReadImage(str(mask_path)), sitk.ReadTransform(str(transform_path))
+            )
+        except RuntimeError:
+            return None  # a cache entry cut short by an interrupted run: detect again
+
+    def save(self, key: str, maps: CaseMaps) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        error_path, mask_path, transform_path = self._paths(key)
+        # the transform is written last: load() needs all three, so a partial entry is never read
+        sitk.WriteImage(sitk.Cast(maps.error_map_mm, sitk.sitkFloat32), str(error_path), useCompression=True)
+        sitk.WriteImage(sitk.Cast(maps.head_mask, sitk.sitkUInt8), str(mask_path), useCompression=True)
+        sitk.WriteTransform(maps.transform, str(transform_path))
+
+
+# ----------------------------------------------------------------------------- the evaluation run
+
+ProgressFn = Callable[[float, str], None]
+SCORE_MAPS = ("mm", "z")
+VOXEL_CASES = ("masked", "all")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How cases are scored and summarised.
+
+    score_map: "z" (calibrated, needs the bundle's calibration) or "mm" (raw error).
+    aggregation: how a region's voxels become the region score.
+    n_bootstrap, seed: stratified bootstrap resamples of the patient-level metrics.
+    voxel_cases: "masked" counts the voxels of cases with a mask; "all" also counts every voxel of
+        healthy cases (anomalous = 0, no mask) as negative, as the MOOD challenge does.
+    bins: histogram bins of the voxel-level metrics.
+    """
+
+    score_map: str = "z"
+    aggregation: Aggregation = Aggregation()
+    n_bootstrap: int = 1000
+    seed: int = 0
+    voxel_cases: str = "masked"
+    bins: int = DEFAULT_BINS
+
+    def __post_init__(self) -> None:
+        if self.score_map not in SCORE_MAPS:
+            raise ValueError(f"score_map must be one of {SCORE_MAPS}, got {self.score_map!r}")
+        if self.voxel_cases not in VOXEL_CASES:
+            raise ValueError(f"voxel_cases must be one of {VOXEL_CASES}, got {self.voxel_cases!r}")
+        if self.n_bootstrap < 0 or self.bins < 2:
+            raise ValueError("n_bootstrap must be >= 0 and bins >= 2")
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: Case
+    scores: dict[str, float] = field(hash=False)  # region name -> region score
+    max_error_mm: float
+    score_range: tuple[float, float]
+    from_cache: bool
+    seconds: float
+
+
+def score_map(maps: CaseMaps, kind: str, calibration: Calibration | None) -> np.ndarray:
+    """The map that is scored, model space (z, y, x): the error in mm or its calibrated z."""
+    error = sitk.GetArrayFromImage(maps.error_map_mm).astype(np.float32)
+    if kind == "mm":
+        return error
+    if calibration is None:
+        raise PPRError(
+            "This bundle has no calibration, so z-scores are not available: run `python -m ppr calibrate` "
+            "on held-out healthy scans, or evaluate the raw error with --score-map mm."
+        )
+    return z_map(error, calibration)
+
+
+def _detect_or_load(case: Case, detector: Detector, cache: MapCache) -> tuple[CaseMaps, bool]:
+    key = cache.key(case.image_path, detector.cache_key)
+    maps = cache.load(key)
+    if maps is not None:
+        return maps, True
+    from ppr.imageio import read_image  # imported here: SimpleITK I/O only needed on a cache miss
+
+    maps = detector(read_image(case.image_path))
+    cache.save(key, maps)
+    return maps, False
+
+
+def score_cases(
+    cases: Sequence[Case],
+    detector: Detector,
+    region_masks: Mapping[str, np.ndarray],
+    cache: MapCache,
+    config: EvaluationConfig,
+    calibration: Calibration | None = None,
+    progress: ProgressFn | None = None,
+) -> list[CaseResult]:
+    """Detect (or load from the cache) every case and aggregate its map in each region."""
+    missing = set(REGIONS) - set(region_masks)
+    if missing:
+        raise ValueError(f"region masks lack {sorted(missing)}")
+    results = []
+    for index, case in enumerate(cases):
+        if progress:
+            progress(index / len(cases), f"case {case.name}")
+        started = time.perf_counter()
+        maps, cached = _detect_or_load(case, detector, cache)
+        values = score_map(maps, config.score_map, calibration)
+        error = sitk.GetArrayViewFromImage(maps.error_map_mm)
+        results.append(
+            CaseResult(
+                case=case,
+                scores=region_scores(values, {r: region_masks[r] for r in REGIONS}, config.aggregation),
+                max_error_mm=float(np.max(error)),
+                score_range=(float(np.nanmin(values)), float(np.nanmax(values))),
+                from_cache=cached,
+                seconds=time.perf_counter() - started,
+            )
+        )
+    return results
+
+
+def _metric_summary(results: Sequence[CaseResult], config: EvaluationConfig) -> dict[str, Any]:
+    summary: dict[str, Any] = {key: {} for key in (
+        "auroc", "auroc_ci95", "average_precision", "average_precision_ci95", "n_positive", "n_negative")}
+    for structure, region in STRUCTURES.items():
+        labelled = [r for r in results if r.case.labels[structure] is not None and math.isfinite(r.scores[region])]
+        labels = np.array([r.case.labels[structure] for r in labelled], dtype=int)
+        scores = np.array([r.scores[region] for r in labelled], dtype=float)
+        auroc = bootstrap_ci(labels, scores, roc_auc, config.n_bootstrap, config.seed)
+        ap = bootstrap_ci(labels, scores, average_precision, config.n_bootstrap, config.seed)
+        summary["auroc"][structure] = _none_if_nan(auroc.value)
+        summary["auroc_ci95"][structure] = auroc.as_list()
+        summary["average_precision"][structure] = _none_if_nan(ap.value)
+        summary["average_precision_ci95"][structure] = ap.as_list()
+        summary["n_positive"][structure] = int(labels.sum())
+        summary["n_negative"][structure] = int(labels.size - labels.sum())
+    return summary
+
+
+def _voxel_case(result: CaseResult, voxel_cases: str) -> bool:
+    return result.case.mask_path is not None or (voxel_cases == "all" and result.case.anomalous == 0)
+
+
+def _mask_in_input_space(case: Case, input_image: sitk.Image) -> np.ndarray:
+    from ppr.imageio import read_image
+
+    if case.mask_path is None:
+        return np.zeros(sitk.GetArrayViewFromImage(input_image).shape, bool)
+    mask = read_image(case.mask_path)
+    if mask.GetSize() != input_image.GetSize():
+        raise InputImageError(
+            f"The mask {case.mask_path} has size {mask.GetSize()} but its image {case.image_path} has "
+            f"{input_image.GetSize()}: masks must be on the image's own grid."
+        )
+    return sitk.GetArrayViewFromImage(mask) > 0
+
+
+def input_space_pass(
+    results: Sequence[CaseResult],
+    cache: MapCache,
+    detector: Detector,
+    config: EvaluationConfig,
+    calibration: Calibration | None = None,
+    mood_dir: Path | None = None,
+) -> ScoreHistogram | None:
+    """Voxel scores against masks in input space (None without voxel cases); MOOD files on request.
+
+    The score map goes model space -> input space (linear interpolation); input voxels outside the
+    model grid get the lowest score of the evaluation, i.e. count as "not anomalous", so a lesion the
+    model cannot see is a miss rather than left out. With ``mood_dir`` every case's map and head score
+    are also written in the MOOD challenge format (``ppr.mood``).
+    """
+    from ppr.geometry import to_input_space
+    from ppr.imageio import read_image
+
+    voxel = [_voxel_case(r, config.voxel_cases) for r in results]
+    chosen = [r for r, use in zip(results, voxel) if use or mood_dir is not None]
+    if not chosen:
+        return None
+    low = min(r.score_range[0] for r in chosen)
+    high = max(r.score_range[1] for r in chosen)
+    histogram = ScoreHistogram(low, high, config.bins) if any(voxel) else None
+    normalisation = mood_normalisation(config.score_map, calibration)
+    for result, use in zip(results, voxel):
+        if not use and mood_dir is None:
+            continue
+        maps, _ = _detect_or_load(result.case, detector, cache)
+        model_map = sitk.GetImageFromArray(score_map(maps, config.score_map, calibration))
+        model_map.CopyInformation(maps.error_map_mm)
+        input_image = read_image(result.case.image_path)
+        input_map = to_input_space(model_map, maps.transform, input_image, default_value=low)
+        if use:
+            histogram.add(sitk.GetArrayViewFromImage(input_map), _mask_in_input_space(result.case, input_image))
+        if mood_dir is not None:
+            write_mood_outputs(input_map, result.scores["head"], mood_dir, result.case.image_path.name, normalisation)
+    return histogram
+
+
+def mood_normalisation(kind: str, calibration: Calibration | None) -> MoodNormalisation:
+    """The fixed [0, 1] map of this model's scores: z around the overlay threshold, mm around
+    the healthy median error of the calibration (or the default scale without one)."""
+    if kind == "z":
+        return MoodNormalisation.for_z(calibration)
+    if calibration is not None:
+        return MoodNormalisation("mm", half=max(float(np.median(calibration.median_mm)), 1.0))
+    return MoodNormalisation("mm")
+
+
+def evaluate(
+    cases: Sequence[Case],
+    detector: Detector,
+    region_masks: Mapping[str, np.ndarray],
+    out_dir: str | Path,
+    config: EvaluationConfig = EvaluationConfig(),
+    calibration: Calibration | None = None,
+    progress: ProgressFn | None = None,
+    mood_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score every case, compute patient- and voxel-level metrics, write the outputs, return the summary.
+
+    Writes under out_dir: ``cases.csv`` (per-case scores), ``summary.json``, ``roc_<structure>.png``
+    and ``cache/`` (model-space maps, reused by the next run with the same model and options);
+    with ``mood_dir`` also every case's MOOD challenge files (pixel NIfTI and sample text).
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = MapCache(out_dir / "cache")
+    results = score_cases(cases, detector, region_masks, cache, config, calibration, _scaled(progress, 0.0, 0.8))
+    summary: dict[str, Any] = {
+        "n_cases": len(results),
+        "n_anomalous": int(sum(r.case.anomalous for r in results)),
+        "score": {"map": config.score_map, "aggregate": config.aggregation.describe()},
+        "bootstrap": {"n_resamples": config.n_bootstrap, "seed": config.seed, "stratified": True, "interval": 0.95},
+    }
+    summary.update(_metric_summary(results, config))
+    if progress:
+        progress(0.8, "voxel-level metrics")
+    mood_dir = Path(mood_dir) if mood_dir is not None else None
+    histogram = input_space_pass(results, cache, detector, config, calibration, mood_dir)
+    summary.update(_voxel_summary(histogram, results, config))
+    summary["roc_curves"] = write_roc_curves(results, out_dir)
+    summary["mood_dir"] = None if mood_dir is None else str(mood_dir)
+    write_case_scores(results, out_dir / "cases.csv")
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if progress:
+        progress(1.0, "done")
+    return summary
+
+
+def _scaled(progress: ProgressFn | None, start: float, end: float) -> ProgressFn | None:
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (end - start) * fraction, message)
+
+
+def _voxel_summary(
+    histogram: ScoreHistogram | None, results: Sequence[CaseResult], config: EvaluationConfig
+) -> dict[str, Any]:
+    if histogram is None:
+        return {"voxel_ap": None, "voxel_auroc": None, "best_dice": None, "best_dice_threshold": None, "voxel": None}
+    dice, threshold = histogram.best_dice()
+    return {
+        "voxel_ap": _none_if_nan(histogram.average_precision()),
+        "voxel_auroc": _none_if_nan(histogram.auroc()),
+        "best_dice": _none_if_nan(dice),
+        "best_dice_threshold": _none_if_nan(threshold),
+        "voxel": {
+            "cases": config.voxel_cases,
+            "n_cases": sum(_voxel_case(r, config.voxel_cases) for r in results),
+            "n_voxels": histogram.n_voxels,
+            "n_positive": histogram.n_positive,
+            "bins": histogram.bins,
+            "range": [histogram.low, histogram.high],
+            "space": "input",
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- outputs
+
+CSV_COLUMNS = (
+    "case", "image", "anomalous", "left", "right", "skull", "mask",
+    *(f"score_{region}" for region in REGIONS), "max_error_mm", "from_cache", "seconds",
+)
+
+
+def write_case_scores(results: Sequence[CaseResult], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for r in results:
+            labels = r.case.labels
+            writer.writerow({
+                "case": r.case.name,
+                "image": str(r.case.image_path),
+                "anomalous": r.case.anomalous,
+                **{column: "" if labels[column] is None else labels[column] for column in ("left", "right", "skull")},
+                "mask": "" if r.case.mask_path is None else str(r.case.mask_path),
+                **{f"score_{region}": f"{r.scores[region]:.6g}" for region in REGIONS},
+                "max_error_mm": f"{r.max_error_mm:.6g}",
+                "from_cache": int(r.from_cache),
+                "seconds": f"{r.seconds:.3f}",
+            })
+
+
+def write_roc_curves(results: Sequence[CaseResult], out_dir: Path) -> dict[str, str]:
+    """One ROC curve PNG per structure with both classes present; returns structure -> file name."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    written = {}
+    for structure, region in STRUCTURES.items():
+        labelled = [r for r in results if r.case.labels[structure] is not None and math.isfinite(r.scores[region])]
+        labels = np.array([r.case.labels[structure] for r in labelled], dtype=int)
+        if labels.size == 0 or labels.min() == labels.max():
+            continue
+        scores = np.array([r.scores[region] for r in labelled])
+        fpr, tpr = roc_curve_points(labels, scores)
+        figure = Figure(figsize=(4.5, 4.5), dpi=100)
+        FigureCanvasAgg(figure)  # Agg canvas: no display, no pyplot global state
+        axes = figure.add_subplot()
+        axes.plot(fpr, tpr, drawstyle="default", color="C0", label=f"AUROC {roc_auc(labels, scores):.3f}")
+        axes.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+        axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate",
+                 title=f"{structure} ({region}): {int(labels.sum())} vs {int(labels.size - labels.sum())} cases")
+        axes.legend(loc="lower right")
+        figure.tight_layout()
+        name = f"roc_{structure}.png"
+        figure.savefig(out_dir / name)
+        written[structure] = name
+    return written

@@ -1,0 +1,138 @@
+"""The preprocessing pipeline: a head CT into model space, and maps from model space back.
+
+``prepare_reference`` puts a reference head CT into the model grid (HU kept). ``to_model_space``
+brings any head CT there: read, validate, anti-alias to the model spacing, register rigidly to the
+reference, place into the model grid (one interpolation, input space -> model space), normalise
+intensities, compute the head mask; it times every step. ``to_input_space`` takes a model-space map
+back onto the input's own grid. This module composes the steps; it holds no image processing of its
+own and knows nothing about networks or files beyond reading the input.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from ppr import geometry
+from ppr.config import PreprocessConfig
+from ppr.geometry import Grid, to_input_space
+from ppr.imageio import read_image
+from ppr.intensity import normalize
+from ppr.masks import head_mask, region_masks
+from ppr.registration import RegistrationResult, register_to_reference
+from ppr.validation import validate_head_ct
+
+__all__ = [
+    "ModelSpaceVolume",
+    "air_hu",
+    "model_grid_of",
+    "prepare_reference",
+    "region_masks",
+    "to_input_space",
+    "to_model_space",
+]
+
+# Where the head centre is found: coarse is plenty for a centroid and costs little.
+CENTERING_SPACING_MM = 4.0
+
+
+@dataclass(frozen=True)
+class ModelSpaceVolume:
+    """A head CT in model space.
+
+    volume: float32 in [0, 1] on the model grid, 0 outside the head.
+    head_mask: uint8 head foreground of this scan on the model grid.
+    registration: the rigid transform (model -> input points) and its quality figure.
+    seconds: wall time of each step (read, validate, resample, register, place, intensity, masks).
+    """
+
+    volume: sitk.Image
+    head_mask: sitk.Image
+    registration: RegistrationResult
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def air_hu(config: PreprocessConfig) -> float:
+    """The value of air in the data: the window's floor for pre-windowed data, else -1024 HU."""
+    return float(config.window_hu[0]) if config.prewindowed else -1024.0
+
+
+def head_center_mm(image: sitk.Image, config: PreprocessConfig) -> np.ndarray:
+    """Physical centre (LPS mm) of the head foreground, found on a coarse copy."""
+    coarse = geometry.resample_isotropic(image, CENTERING_SPACING_MM, default_value=air_hu(config))
+    mask = head_mask(coarse, config.window_hu)
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(mask)
+    return np.asarray(statistics.GetCentroid(1))
+
+
+def prepare_reference(image: sitk.Image, config: PreprocessConfig) -> sitk.Image:
+    """Input space -> model space for the reference head: float32 HU on the N^3 model grid.
+
+    The grid has identity direction, spacing config.spacing_mm and is centred on the head
+    foreground's centre; every other scan is registered to this image and placed on its grid.
+    """
+    validate_head_ct(image, config)
+    grid = geometry.model_grid(head_center_mm(image, config), config)
+    smoothed = geometry.anti_alias(image, config.spacing_mm)
+    return geometry.resample(smoothed, grid, None, sitk.sitkLinear, air_hu(config))
+
+
+def model_grid_of(reference: sitk.Image, config: PreprocessConfig) -> Grid:
+    """The model grid (the reference's grid), checked against the configuration."""
+    grid = Grid.of(reference)
+    expected = (config.size,) * 3
+    if grid.size != expected or not np.allclose(grid.spacing, config.spacing_mm) or not np.allclose(
+        grid.direction, geometry.IDENTITY_DIRECTION
+    ):
+        raise ValueError(
+            f"the reference is not on the model grid of this configuration (size {grid.size}, "
+            f"spacing {grid.spacing}; expected {expected} at {config.spacing_mm} mm, identity "
+            "direction): prepare it with prepare_reference(image, config)"
+        )
+    return grid
+
+
+def to_model_space(
+    image: sitk.Image | str | os.PathLike, reference: sitk.Image, config: PreprocessConfig
+) -> ModelSpaceVolume:
+    """A head CT (image, or a path to read) -> model space, with the seconds each step took.
+
+    Raises InputImageError for inputs that cannot be a head CT and RegistrationError when the
+    scan does not align with the reference head.
+    """
+    seconds: dict[str, float] = {}
+    grid = model_grid_of(reference, config)
+    with _timed(seconds, "read"):
+        if not isinstance(image, sitk.Image):
+            image = read_image(image)
+    with _timed(seconds, "validate"):
+        validate_head_ct(image, config)
+    with _timed(seconds, "resample"):
+        smoothed = geometry.anti_alias(image, config.spacing_mm)
+    with _timed(seconds, "register"):
+        registration = register_to_reference(smoothed, reference, config)
+    with _timed(seconds, "place"):
+        placed = geometry.resample(smoothed, grid, registration.transform, sitk.sitkLinear, air_hu(config))
+    with _timed(seconds, "masks"):
+        mask = head_mask(placed, config.window_hu)
+    with _timed(seconds, "intensity"):
+        volume = normalize(placed, mask, config)
+    return ModelSpaceVolume(volume, mask, registration, seconds)
+
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to seconds[step]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - start
