@@ -8,6 +8,7 @@ see ``Scripts/train.py``. This file holds no training code of its own.
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 from pathlib import Path
 
@@ -154,6 +155,7 @@ if ScriptedLoadableModule is not None:
         def _onStart(self) -> None:
             with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
                 request = self._request()
+                self._ensureTorch()
                 self._losses, self._valLosses = [], []
                 self._lossPlot = None
                 self.progressBar.value = 0
@@ -208,6 +210,21 @@ if ScriptedLoadableModule is not None:
                 self._ensureMatplotlib()
                 report = self.logic.write_report(self._bundle)
                 self.statusLabel.text += f"\nReport: {report.figure}"
+
+        @staticmethod
+        def _ensureTorch() -> None:
+            # The training subprocess runs in Slicer's Python, which gets torch from the PyTorch extension.
+            if importlib.util.find_spec("torch") is not None:
+                return
+            try:
+                import PyTorchUtils
+            except ImportError as error:
+                raise RuntimeError(
+                    "Training needs the PyTorch extension: install it with the Extensions Manager, "
+                    "restart Slicer, then start the training again."
+                ) from error
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                raise RuntimeError("PyTorch was not installed, so the training cannot start.")
 
         @staticmethod
         def _ensureMatplotlib() -> None:

@@ -52,6 +52,7 @@ def test_ci_runs_the_readme_test_command(repo_root: Path) -> None:
     assert re.search(r"^\./run-tests \|\| status=\$\?$", ci, flags=re.MULTILINE)
 
 
+@pytest.mark.slow  # collects the whole suite
 def test_run_tests_runs_every_test_and_passes_arguments_to_pytest(repo_root: Path) -> None:
     result = subprocess.run(
         [str(repo_root / "run-tests"), "--collect-only", "-k", "test_ci_runs_the_readme_test_command"],

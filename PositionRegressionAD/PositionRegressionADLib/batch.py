@@ -33,7 +33,8 @@ from PositionRegressionADLib.detection_logic import (
     default_model_path,
 )
 from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress
-from PositionRegressionADLib.results import ResultDisplayOptions, table_row
+from PositionRegressionADLib.report import table_row
+from PositionRegressionADLib.results import ResultDisplayOptions
 from PositionRegressionADLib.scene_io import SceneContext, is_volume_file, load_volume, save_node, save_scene_mrb
 from ppr.errors import InputImageError, PPRError
 

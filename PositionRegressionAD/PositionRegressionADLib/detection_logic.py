@@ -38,8 +38,8 @@ from pathlib import Path
 import slicer
 
 from PositionRegressionADLib.process import ChildProcess, DetectionProcess, ProcessLauncher, ProcessOutcome, Progress
+from PositionRegressionADLib.report import DetectionReport
 from PositionRegressionADLib.results import (
-    DetectionReport,
     DetectionResults,
     ResultDisplayOptions,
     add_results_to_scene,

@@ -22,7 +22,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from PositionRegressionADLib.results import ERROR_ARRAY_NAME, DetectionResults
+from PositionRegressionADLib.results import DetectionResults
+from PositionRegressionADLib.skull_surface import ERROR_ARRAY_NAME
 from PositionRegressionADLib.scene_io import SceneContext
 
 SLICE_ORIENTATIONS = ("Axial", "Coronal", "Sagittal")

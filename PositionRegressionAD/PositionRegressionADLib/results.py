@@ -12,47 +12,31 @@ This module does not run the detection and does not render images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import slicer
 import vtk
-from vtk.util import numpy_support
 
+from PositionRegressionADLib.candidates import build_candidates
 from PositionRegressionADLib.colormap import build_inferno_color_table, existing_inferno_color_table
-from ppr.errors import PPRError
+from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array, voxel_to_ras
+from PositionRegressionADLib.report import DetectionReport, ResultImportError, build_scores_table
+from PositionRegressionADLib.skull_surface import ERROR_ARRAY_NAME, bone_threshold, build_skull_surface
 
 ROLE_ATTRIBUTE = "PositionRegressionAD.Role"
 INPUT_REFERENCE_ROLE = "positionRegressionInput"
 MAX_ERROR_ATTRIBUTE = "PositionRegressionAD.MaxErrorRAS"
 THRESHOLD_ATTRIBUTE = "PositionRegressionAD.OverlayThresholdMM"
-RANGE_ATTRIBUTE = "PositionRegressionAD.ColorRangeMM"
-ERROR_ARRAY_NAME = "PositionErrorMM"
 
 ROLE_ERROR_MAP = "ErrorMap"
 ROLE_SKULL_SURFACE = "SkullSurface"
 ROLE_SCORES = "Scores"
 ROLE_CANDIDATES = "AnomalyCandidates"
 RESULT_ROLES = (ROLE_ERROR_MAP, ROLE_SKULL_SURFACE, ROLE_SCORES, ROLE_CANDIDATES)
-
-REGION_LABELS = {
-    "left_hemisphere": "Left hemisphere",
-    "right_hemisphere": "Right hemisphere",
-    "skull": "Skull",
-    "head": "Whole head",
-}
-
-# The dev data and other brain-window exports saturate at the window's top: bone reads the maximum.
-# Such a scan is recognised by a maximum far below cortical bone's ~1000 HU.
-WINDOWED_MAX_BELOW = 400.0
-BONE_THRESHOLD_HU = 300.0
 # Geometry written to NIfTI by the child comes back as float32: allow that rounding, nothing more.
-GEOMETRY_TOLERANCE_MM = 1e-3
-
-
-class ResultImportError(PPRError):
-    """The detection's output cannot be turned into results (wrong grid, unreadable file)."""
+GEOMETRY_TOLERANCE_MM = 0.01
 
 
 @dataclass(frozen=True)
@@ -81,54 +65,6 @@ class ResultDisplayOptions:
             raise ValueError(f"overlay_opacity must be within 0..1, got {self.overlay_opacity}")
         if not 0.0 < self.threshold_percentile < 100.0:
             raise ValueError(f"threshold_percentile must be within (0, 100), got {self.threshold_percentile}")
-
-
-@dataclass(frozen=True)
-class DetectionReport:
-    """What ``ppr detect --json`` reported, plus the model bundle it was run with."""
-
-    model: str
-    seconds: float
-    device: str
-    stride: int
-    method: str
-    regions: dict[str, float]
-    max_error_lps: tuple[float, float, float]
-    registration_metric: float
-    error_mm: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
-        try:
-            return cls(model=model, seconds=float(data["seconds"]), device=str(data["device"]),
-                       stride=int(data["stride"]), method=str(data["method"]),
-                       regions=_flatten_numbers(data["regions"]),
-                       max_error_lps=tuple(float(v) for v in data["max_error_lps"]),
-                       registration_metric=float(data["registration_metric"]),
-                       error_mm=_flatten_numbers(data.get("error_mm", {})))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ResultImportError(
-                f"The detection finished but its report is incomplete ({error!r}). "
-                "Update the extension so the detector and the module match.") from error
-
-    def score_columns(self) -> dict[str, float]:
-        """Region scores under the names users read, in a stable order."""
-        columns = {}
-        for key, value in self.regions.items():
-            region, _, detail = key.partition(".")
-            label = REGION_LABELS.get(region, region.replace("_", " ").capitalize())
-            columns[f"{label} {detail}".strip()] = value
-        return columns
-
-
-def _flatten_numbers(value: object, prefix: str = "") -> dict[str, float]:
-    """``{"head": {"p99": 3}}`` -> ``{"head.p99": 3.0}``; a bare number -> ``{prefix: value}``."""
-    if isinstance(value, dict):
-        flat: dict[str, float] = {}
-        for key, item in value.items():
-            flat.update(_flatten_numbers(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix or "value": float(value)}
 
 
 @dataclass
@@ -166,48 +102,6 @@ class DetectionResults:
 
 
 # ---------------------------------------------------------------------------------------------
-# Geometry helpers
-
-
-def ijk_to_ras(volume: slicer.vtkMRMLVolumeNode) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-    return matrix
-
-
-def _matrix_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(row, col) for col in range(4)] for row in range(4)])
-
-
-def voxel_to_ras(volume: slicer.vtkMRMLVolumeNode, ijk: tuple[float, float, float]) -> tuple[float, float, float]:
-    ras = _matrix_array(ijk_to_ras(volume)) @ np.array([*ijk, 1.0])
-    return tuple(float(v) for v in ras[:3])
-
-
-def _mm_image(volume: slicer.vtkMRMLVolumeNode) -> vtk.vtkImageData:
-    """The volume's voxels with its spacing and a zero origin: IJK space scaled to millimetres.
-
-    Filters that measure distances (smoothing, decimation) then work in true millimetres, and
-    ``_mm_to_ras`` maps their output to RAS with the volume's full geometry.
-    """
-    image = vtk.vtkImageData()
-    image.ShallowCopy(volume.GetImageData())
-    image.SetOrigin(0.0, 0.0, 0.0)
-    image.SetSpacing(volume.GetSpacing())
-    return image
-
-
-def _mm_to_ras(volume: slicer.vtkMRMLVolumeNode) -> vtk.vtkMatrix4x4:
-    scale = np.diag([1.0 / s for s in volume.GetSpacing()] + [1.0])
-    combined = _matrix_array(ijk_to_ras(volume)) @ scale
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for col in range(4):
-            matrix.SetElement(row, col, combined[row, col])
-    return matrix
-
-
-# ---------------------------------------------------------------------------------------------
 # Error map
 
 
@@ -235,10 +129,10 @@ def _check_same_grid(error_map: slicer.vtkMRMLVolumeNode, input_volume: slicer.v
     if got != want:
         raise ResultImportError(f"The error map has {got} voxels but the input has {want}: "
                                 "the detector did not map its result back onto the input's grid.")
-    difference = np.abs(_matrix_array(ijk_to_ras(error_map)) - _matrix_array(ijk_to_ras(input_volume)))
+    difference = np.abs(matrix_array(ijk_to_ras(error_map)) - matrix_array(ijk_to_ras(input_volume)))
     # Compare corner positions, not matrix entries, so the tolerance reads in millimetres.
     corners = np.array([[i, j, k, 1.0] for i in (0, want[0]) for j in (0, want[1]) for k in (0, want[2])])
-    if (np.abs(corners @ difference.T)[:, :3]).max() > GEOMETRY_TOLERANCE_MM * max(want):
+    if (np.abs(corners @ difference.T)[:, :3]).max() > GEOMETRY_TOLERANCE_MM:
         raise ResultImportError("The error map does not lie on the input's grid (origin, spacing or "
                                 "direction differ): the detector and the input disagree on geometry.")
 
@@ -273,209 +167,6 @@ def max_error_ras(error_map: slicer.vtkMRMLScalarVolumeNode) -> tuple[float, flo
 
 
 # ---------------------------------------------------------------------------------------------
-# Skull surface
-
-
-def bone_threshold(input_volume: slicer.vtkMRMLScalarVolumeNode, options: ResultDisplayOptions) -> float:
-    """Intensity of the skull surface: the given one, 300 HU, or just under the top of a windowed scan."""
-    if options.bone_threshold is not None:
-        return float(options.bone_threshold)
-    low, high = input_volume.GetImageData().GetScalarRange()
-    if high >= WINDOWED_MAX_BELOW:
-        return BONE_THRESHOLD_HU
-    # Bone saturates at the window's top; partial-volume voxels at the bone's edge read a little less.
-    return high - 0.05 * (high - low)
-
-
-def build_skull_surface(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map: slicer.vtkMRMLScalarVolumeNode,
-                        threshold: float, target_triangles: int = 200_000) -> vtk.vtkPolyData:
-    """Skull surface in RAS with the error probed at every point (array ``ERROR_ARRAY_NAME``).
-
-    The largest connected bone component is kept, which drops the CT table and loose bright voxels.
-    Everything runs in the input's millimetre-scaled IJK space and is mapped to RAS at the end.
-    """
-    bone = vtk.vtkImageConnectivityFilter()
-    bone.SetInputData(_mm_image(input_volume))
-    bone.SetScalarRange(threshold, 1e30)
-    bone.SetExtractionModeToLargestRegion()
-    bone.SetLabelModeToConstantValue()
-    bone.SetLabelConstantValue(1)
-    bone.SetLabelScalarTypeToUnsignedChar()
-
-    contour = vtk.vtkFlyingEdges3D()
-    contour.SetInputConnection(bone.GetOutputPort())
-    contour.SetValue(0, 0.5)
-    contour.ComputeNormalsOff()
-    contour.Update()
-    surface = contour.GetOutput()
-    if surface.GetNumberOfCells() == 0:
-        raise ResultImportError(f"No bone was found at intensity {threshold:g}: set a lower bone threshold.")
-
-    decimated = _decimate(surface, target_triangles)
-    smooth = vtk.vtkWindowedSincPolyDataFilter()
-    smooth.SetInputData(decimated)
-    smooth.SetNumberOfIterations(15)
-    smooth.SetPassBand(0.1)
-    smooth.NormalizeCoordinatesOn()
-    smooth.BoundarySmoothingOff()
-    smooth.NonManifoldSmoothingOn()
-
-    probe = vtk.vtkProbeFilter()
-    probe.SetInputConnection(smooth.GetOutputPort())
-    probe.SetSourceData(_mm_image(error_map))
-    probe.Update()
-    probed = vtk.vtkPolyData()
-    probed.DeepCopy(probe.GetOutput())
-    _keep_only_error_array(probed)
-    return _to_ras_with_normals(probed, _mm_to_ras(input_volume))
-
-
-def _decimate(surface: vtk.vtkPolyData, target_triangles: int) -> vtk.vtkPolyData:
-    if surface.GetNumberOfCells() <= target_triangles:
-        return surface
-    decimate = vtk.vtkQuadricDecimation()
-    decimate.SetInputData(surface)
-    decimate.SetTargetReduction(1.0 - target_triangles / surface.GetNumberOfCells())
-    decimate.VolumePreservationOn()
-    decimate.Update()
-    return decimate.GetOutput()
-
-
-def _keep_only_error_array(surface: vtk.vtkPolyData) -> None:
-    point_data = surface.GetPointData()
-    errors = point_data.GetScalars()
-    errors.SetName(ERROR_ARRAY_NAME)
-    for name in [point_data.GetArrayName(i) for i in range(point_data.GetNumberOfArrays())]:
-        if name != ERROR_ARRAY_NAME:
-            point_data.RemoveArray(name)
-    point_data.SetActiveScalars(ERROR_ARRAY_NAME)
-
-
-def _to_ras_with_normals(surface: vtk.vtkPolyData, mm_to_ras: vtk.vtkMatrix4x4) -> vtk.vtkPolyData:
-    transform = vtk.vtkTransform()
-    transform.SetMatrix(mm_to_ras)
-    moved = vtk.vtkTransformPolyDataFilter()
-    moved.SetInputData(surface)
-    moved.SetTransform(transform)
-    last: vtk.vtkAlgorithm = moved
-    if mm_to_ras.Determinant() < 0:
-        # A mirroring IJK->RAS turns triangles inside out; restore outward faces for lighting.
-        reverse = vtk.vtkReverseSense()
-        reverse.SetInputConnection(moved.GetOutputPort())
-        last = reverse
-    normals = vtk.vtkPolyDataNormals()
-    normals.SetInputConnection(last.GetOutputPort())
-    normals.SplittingOff()
-    normals.ConsistencyOn()
-    normals.Update()
-    result = vtk.vtkPolyData()
-    result.DeepCopy(normals.GetOutput())
-    result.GetPointData().SetActiveScalars(ERROR_ARRAY_NAME)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores table
-
-
-def build_scores_table(report: DetectionReport, name: str) -> slicer.vtkMRMLTableNode:
-    """One row: each region score, the run's maximum error and how the run was made."""
-    table = slicer.vtkMRMLTableNode()
-    table.SetName(name)
-    for label, value in report.score_columns().items():
-        _add_column(table, vtk.vtkDoubleArray(), label, value, "Anomaly score of the region")
-    for key, value in report.error_mm.items():
-        label = "Error (mm)" if key == "value" else f"Error {key} (mm)"
-        _add_column(table, vtk.vtkDoubleArray(), label, value, "Position error of the scan, millimetres")
-    _add_column(table, vtk.vtkStringArray(), "Model", report.model, "Model bundle used")
-    _add_column(table, vtk.vtkStringArray(), "Device", report.device, "Device the network ran on")
-    _add_column(table, vtk.vtkIntArray(), "Stride", report.stride, "Error map computed every this many voxels")
-    _add_column(table, vtk.vtkStringArray(), "Method", report.method, "Inference method")
-    _add_column(table, vtk.vtkDoubleArray(), "Seconds", report.seconds, "Time of the detection")
-    _add_column(table, vtk.vtkDoubleArray(), "Registration metric", report.registration_metric,
-                "Quality of the alignment with the reference head (higher is better)")
-    return table
-
-
-def _add_column(table: slicer.vtkMRMLTableNode, column: vtk.vtkAbstractArray, name: str, value: object,
-                description: str) -> None:
-    column.SetName(name)
-    column.InsertNextValue(value)
-    table.AddColumn(column)
-    table.SetColumnDescription(name, description)
-
-
-def table_row(table: slicer.vtkMRMLTableNode, row: int = 0) -> dict[str, object]:
-    """A table row as ``{column name: value}`` with numbers as numbers."""
-    data = table.GetTable()
-    values = {}
-    for index in range(data.GetNumberOfColumns()):
-        column = data.GetColumn(index)
-        values[column.GetName()] = (column.GetValue(row) if isinstance(column, vtk.vtkStringArray)
-                                    else column.GetTuple1(row))
-    return values
-
-
-# ---------------------------------------------------------------------------------------------
-# Anomaly candidates
-
-
-def build_candidates(error_map: slicer.vtkMRMLScalarVolumeNode, threshold_mm: float,
-                     options: ResultDisplayOptions, name: str) -> slicer.vtkMRMLSegmentationNode:
-    """Segmentation of the connected regions at or above ``threshold_mm``, small ones dropped.
-
-    One segment per region, largest first, named with its volume and peak error; all segments share
-    one labelmap on the error map's (= the input's) grid, ready for the Segment Editor.
-    """
-    spacing = error_map.GetSpacing()
-    min_voxels = int(np.ceil(options.min_candidate_volume_mm3 / float(np.prod(spacing))))
-    regions = vtk.vtkImageConnectivityFilter()
-    regions.SetInputData(error_map.GetImageData())
-    regions.SetScalarRange(threshold_mm, 1e30)
-    regions.SetExtractionModeToAllRegions()
-    regions.SetSizeRange(max(min_voxels, 1), vtk.VTK_ID_MAX)
-    regions.SetLabelModeToSizeRank()
-    regions.SetLabelScalarTypeToUnsignedShort()
-    regions.Update()
-
-    labels = numpy_support.vtk_to_numpy(regions.GetOutput().GetPointData().GetScalars())
-    errors = numpy_support.vtk_to_numpy(error_map.GetImageData().GetPointData().GetScalars())
-    count = min(regions.GetNumberOfExtractedRegions(), options.max_candidates)
-    labels = np.where(labels <= count, labels, 0).astype(np.uint16)
-
-    segmentation_node = slicer.vtkMRMLSegmentationNode()
-    segmentation_node.SetName(name)
-    segmentation = segmentation_node.GetSegmentation()
-    labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-    segmentation.SetSourceRepresentationName(labelmap_name)
-    if count == 0:
-        return segmentation_node
-    labelmap = _oriented_labelmap(error_map, labels)
-    colours = slicer.vtkMRMLColorTableNode()
-    colours.SetTypeToWarm1()  # distinct warm colours that read well over grey CT and the Inferno map
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    for rank in range(1, count + 1):
-        inside = labels == rank
-        segment = slicer.vtkSegment()
-        segment.SetName(f"Candidate {rank}: {inside.sum() * voxel_ml:.1f} mL, peak {errors[inside].max():.1f} mm")
-        colour = [0.0, 0.0, 0.0, 0.0]
-        colours.GetColor((rank - 1) % colours.GetNumberOfColors(), colour)
-        segment.SetColor(colour[:3])
-        segment.AddRepresentation(labelmap_name, labelmap)
-        segment.SetLabelValue(rank)
-        segmentation.AddSegment(segment, f"candidate_{rank}")
-    return segmentation_node
-
-
-def _oriented_labelmap(volume: slicer.vtkMRMLScalarVolumeNode, labels: np.ndarray) -> slicer.vtkOrientedImageData:
-    labelmap = slicer.vtkOrientedImageData()
-    labelmap.SetDimensions(volume.GetImageData().GetDimensions())
-    labelmap.SetImageToWorldMatrix(ijk_to_ras(volume))
-    labelmap.GetPointData().SetScalars(numpy_support.numpy_to_vtk(labels, deep=True, array_type=vtk.VTK_UNSIGNED_SHORT))
-    return labelmap
-
-
-# ---------------------------------------------------------------------------------------------
 # Build and add
 
 
@@ -488,9 +179,10 @@ def build_results(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map_path: 
     threshold = overlay_threshold_mm(errors, options)
     return BuiltResults(
         error_map=error_map,
-        skull_surface=build_skull_surface(input_volume, error_map, bone_threshold(input_volume, options)),
+        skull_surface=build_skull_surface(input_volume, error_map, bone_threshold(input_volume, options.bone_threshold)),
         scores=build_scores_table(report, f"{base} anomaly scores"),
-        candidates=build_candidates(error_map, threshold, options, f"{base} anomaly candidates"),
+        candidates=build_candidates(error_map, threshold, options.min_candidate_volume_mm3, options.max_candidates,
+                                    f"{base} anomaly candidates"),
         threshold_mm=threshold,
         color_range_mm=color_range_mm(errors, threshold),
         max_error_ras=max_error_ras(error_map),
@@ -555,7 +247,6 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
         error_map = _add(scene, built.error_map, ROLE_ERROR_MAP, input_volume, added)
         error_map.SetAttribute(MAX_ERROR_ATTRIBUTE, " ".join(f"{v:.4f}" for v in built.max_error_ras))
         error_map.SetAttribute(THRESHOLD_ATTRIBUTE, f"{built.threshold_mm:.6g}")
-        error_map.SetAttribute(RANGE_ATTRIBUTE, " ".join(f"{v:.6g}" for v in built.color_range_mm))
         _show_error_map(error_map, colours, built.threshold_mm, built.color_range_mm)
 
         surface = slicer.vtkMRMLModelNode()
@@ -619,6 +310,12 @@ def _show_surface(surface: slicer.vtkMRMLModelNode, colours: slicer.vtkMRMLColor
     display.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
     display.SetScalarRange(*color_range)
     display.SetScalarVisibility(True)
+
+
+def set_threshold(results: DetectionResults, threshold_mm: float) -> None:
+    """Show only error at or above ``threshold_mm`` in the overlay (candidates keep theirs)."""
+    display = results.error_map.GetDisplayNode()
+    display.SetThreshold(threshold_mm, max(display.GetUpperThreshold(), threshold_mm))
 
 
 def set_overlay(scene: slicer.vtkMRMLScene, background: slicer.vtkMRMLVolumeNode,

@@ -5,7 +5,8 @@
 - ``fake_detect_main``: a stand-in for ``python -m ppr detect`` that speaks the same command line,
   progress lines, JSON and exit codes, and writes an error map on the input's grid that peaks at the
   input's lesion. What it does is chosen by the environment variable ``PPR_FAKE_DETECT``
-  ("ok", "refuse", "crash", "no-json", "hang"), so a test drives the real child-process path:
+  ("ok", "refuse", "crash", "no-json", "hang"; ``PPR_FAKE_PEAK_LPS`` "x,y,z" places the peak), so a
+  test drives the real child-process path:
   ``python -m PositionRegressionADLib.testing -m ppr detect ...``.
 - ``InProcessFakeDetection``: the same fake as a ``DetectionProcess`` that runs in this process.
 
@@ -30,6 +31,7 @@ from PositionRegressionADLib.process import ProcessOutcome, Progress, parse_prog
 
 FAKE_MODE_VARIABLE = "PPR_FAKE_DETECT"
 FAKE_PID_FILE_VARIABLE = "PPR_FAKE_PID_FILE"
+FAKE_PEAK_VARIABLE = "PPR_FAKE_PEAK_LPS"
 # Windowed like the dev data: air -20, brain 35, bone saturating at 100, the lesion 75.
 AIR, BRAIN, BONE, LESION = -20.0, 35.0, 100.0, 75.0
 LESION_RANGE = (60.0, 90.0)
@@ -73,6 +75,47 @@ def synthetic_head_node(scene, name: str = "Synthetic head"):
     return node
 
 
+def volume_fingerprint(node) -> str:
+    """Hash of a volume node's voxels, scalar type, dimensions and IJK->RAS: equal means untouched."""
+    import hashlib
+
+    import slicer
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    image = node.GetImageData()
+    digest = hashlib.sha256(slicer.util.arrayFromVolume(node).tobytes())
+    digest.update(repr((image.GetDimensions(), image.GetScalarTypeAsString(),
+                        [matrix.GetElement(r, c) for r in range(4) for c in range(4)])).encode())
+    return digest.hexdigest()
+
+
+def segment_mask(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A segment's voxels as a (k, j, i) bool array and its labelmap's IJK->RAS matrix (4x4).
+
+    Reads the segment's binary labelmap directly (slicer.util's helpers need slicer.mrmlScene).
+    """
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    extent = labelmap.GetExtent()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(shape)
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return voxels == segment.GetLabelValue(), ijk_to_ras
+
+
+def scene_node_ids(scene) -> list[str]:
+    """IDs of every node of the scene, in scene order."""
+    return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
+
+
 # ---------------------------------------------------------------------------------------------
 # Fake detector
 
@@ -92,22 +135,40 @@ def _parse_detect_arguments(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(rest)
 
 
-def fake_error_map(image):
-    """Error map (SimpleITK, the input's grid) that is background in the head and peaks at the lesion."""
+def fake_peak_lps(image, env: Mapping[str, str]) -> np.ndarray | None:
+    """Where the fake error peaks: ``PPR_FAKE_PEAK_LPS`` ("x,y,z" mm), else the lesion's centroid."""
     import SimpleITK as sitk
 
-    values = sitk.GetArrayFromImage(image).astype(np.float32)
-    head = values > AIR + 5.0
+    if env.get(FAKE_PEAK_VARIABLE):
+        return np.array([float(v) for v in env[FAKE_PEAK_VARIABLE].split(",")])
+    values = sitk.GetArrayFromImage(image)
     lesion = (values >= LESION_RANGE[0]) & (values <= LESION_RANGE[1])
+    if not lesion.any():
+        return None
+    centre = np.array(np.nonzero(lesion)).mean(axis=1)  # (k, j, i)
+    return np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in centre[::-1])))
+
+
+def fake_error_map(image, peak_lps: np.ndarray | None, sigma_mm: float = 6.0):
+    """Error map (SimpleITK, the input's grid): background in the head, a Gaussian peak at ``peak_lps``."""
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayFromImage(image)
+    head = values > AIR + 5.0
     errors = np.where(head, BACKGROUND_ERROR_MM, 0.0).astype(np.float32)
-    if lesion.any():
-        centre = np.array(np.nonzero(lesion)).mean(axis=1)  # (k, j, i)
-        centre_mm = np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in centre[::-1])))
-        grid = np.stack(np.meshgrid(*(np.arange(n) for n in values.shape), indexing="ij"), axis=-1)
+    if peak_lps is not None:
+        # Only voxels within 4 sigma matter: a box around the peak keeps big scans fast.
+        centre = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in peak_lps]))[::-1]
+        reach = 4.0 * sigma_mm / min(image.GetSpacing())
+        low = np.clip(np.floor(centre - reach), 0, np.array(values.shape) - 1).astype(int)
+        high = np.clip(np.ceil(centre + reach) + 1, 1, np.array(values.shape)).astype(int)
+        box = tuple(slice(a, b) for a, b in zip(low, high))
+        grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(low, high)), indexing="ij"), axis=-1)
         matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
         points = grid[..., ::-1] @ matrix.T + np.asarray(image.GetOrigin())
-        distance = np.linalg.norm(points - centre_mm, axis=-1)
-        errors += np.where(head, PEAK_ERROR_MM * np.exp(-0.5 * (distance / 6.0) ** 2), 0.0).astype(np.float32)
+        distance = np.linalg.norm(points - peak_lps, axis=-1)
+        peak = PEAK_ERROR_MM * np.exp(-0.5 * (distance / sigma_mm) ** 2)
+        errors[box] += np.where(head[box], peak, 0.0).astype(np.float32)
     result = sitk.GetImageFromArray(errors)
     result.CopyInformation(image)
     return result
@@ -157,7 +218,7 @@ def fake_detect_main(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         _hang(env)
     image = sitk.ReadImage(args.input)
     print("PROGRESS 0.5 computing the error map", file=sys.stderr, flush=True)
-    errors = fake_error_map(image)
+    errors = fake_error_map(image, fake_peak_lps(image, env))
     sitk.WriteImage(errors, args.out)
     print("PROGRESS 1.0 done", file=sys.stderr, flush=True)
     if mode != "no-json":

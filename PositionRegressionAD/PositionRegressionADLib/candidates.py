@@ -1,0 +1,67 @@
+"""Anomaly candidates: connected regions of high position error as a segmentation.
+
+One segment per region at or above the threshold, small regions dropped, the largest first, each
+named with its volume and peak error. All segments share one labelmap on the error map's grid (the
+input's), so the segmentation is ready for the Segment Editor and for Segment Statistics. The
+segmentation node is returned detached: adding it to a scene is the caller's job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from PositionRegressionADLib.geometry import ijk_to_ras
+
+
+def build_candidates(error_map: slicer.vtkMRMLScalarVolumeNode, threshold_mm: float, min_volume_mm3: float,
+                     max_count: int, name: str) -> slicer.vtkMRMLSegmentationNode:
+    """Segmentation of the regions at or above ``threshold_mm`` of at least ``min_volume_mm3``."""
+    spacing = error_map.GetSpacing()
+    min_voxels = int(np.ceil(min_volume_mm3 / float(np.prod(spacing))))
+    regions = vtk.vtkImageConnectivityFilter()
+    regions.SetInputData(error_map.GetImageData())
+    regions.SetScalarRange(threshold_mm, 1e30)
+    regions.SetExtractionModeToAllRegions()
+    regions.SetSizeRange(max(min_voxels, 1), vtk.VTK_ID_MAX)
+    regions.SetLabelModeToSizeRank()
+    regions.SetLabelScalarTypeToUnsignedShort()
+    regions.Update()
+
+    labels = numpy_support.vtk_to_numpy(regions.GetOutput().GetPointData().GetScalars())
+    errors = numpy_support.vtk_to_numpy(error_map.GetImageData().GetPointData().GetScalars())
+    count = min(regions.GetNumberOfExtractedRegions(), max_count)
+    labels = np.where(labels <= count, labels, 0).astype(np.uint16)
+
+    segmentation_node = slicer.vtkMRMLSegmentationNode()
+    segmentation_node.SetName(name)
+    segmentation = segmentation_node.GetSegmentation()
+    labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segmentation.SetSourceRepresentationName(labelmap_name)
+    if count == 0:
+        return segmentation_node
+    labelmap = _oriented_labelmap(error_map, labels)
+    colours = slicer.vtkMRMLColorTableNode()
+    colours.SetTypeToWarm1()  # distinct warm colours that read well over grey CT and the Inferno map
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    for rank in range(1, count + 1):
+        inside = labels == rank
+        segment = slicer.vtkSegment()
+        segment.SetName(f"Candidate {rank}: {inside.sum() * voxel_ml:.1f} mL, peak {errors[inside].max():.1f} mm")
+        colour = [0.0, 0.0, 0.0, 0.0]
+        colours.GetColor((rank - 1) % colours.GetNumberOfColors(), colour)
+        segment.SetColor(colour[:3])
+        segment.AddRepresentation(labelmap_name, labelmap)
+        segment.SetLabelValue(rank)
+        segmentation.AddSegment(segment, f"candidate_{rank}")
+    return segmentation_node
+
+
+def _oriented_labelmap(volume: slicer.vtkMRMLScalarVolumeNode, labels: np.ndarray) -> slicer.vtkOrientedImageData:
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetDimensions(volume.GetImageData().GetDimensions())
+    labelmap.SetImageToWorldMatrix(ijk_to_ras(volume))
+    labelmap.GetPointData().SetScalars(numpy_support.numpy_to_vtk(labels, deep=True, array_type=vtk.VTK_UNSIGNED_SHORT))
+    return labelmap

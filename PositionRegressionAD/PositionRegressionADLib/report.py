@@ -1,0 +1,112 @@
+"""What a detection reported and the scores table built from it.
+
+``DetectionReport`` is the JSON object of ``ppr detect --json`` (plus the model used); the scores
+table is one row: each region score, the error summary, and how the run was made (model, device,
+stride, method, seconds, registration metric). This module does not compute any score: the numbers
+are the detector's, copied as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import slicer
+import vtk
+
+from ppr.errors import PPRError
+
+REGION_LABELS = {
+    "left_hemisphere": "Left hemisphere",
+    "right_hemisphere": "Right hemisphere",
+    "skull": "Skull",
+    "head": "Whole head",
+}
+
+
+class ResultImportError(PPRError):
+    """The detection's output cannot be turned into results (incomplete report, wrong grid, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class DetectionReport:
+    """What ``ppr detect --json`` reported, plus the model bundle it was run with."""
+
+    model: str
+    seconds: float
+    device: str
+    stride: int
+    method: str
+    regions: dict[str, float]
+    max_error_lps: tuple[float, float, float]
+    registration_metric: float
+    error_mm: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
+        try:
+            return cls(model=model, seconds=float(data["seconds"]), device=str(data["device"]),
+                       stride=int(data["stride"]), method=str(data["method"]),
+                       regions=_flatten_numbers(data["regions"]),
+                       max_error_lps=tuple(float(v) for v in data["max_error_lps"]),
+                       registration_metric=float(data["registration_metric"]),
+                       error_mm=_flatten_numbers(data.get("error_mm", {})))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ResultImportError(
+                f"The detection finished but its report is incomplete ({error!r}). "
+                "Update the extension so the detector and the module match.") from error
+
+    def score_columns(self) -> dict[str, float]:
+        """Region scores under the names users read, in a stable order."""
+        columns = {}
+        for key, value in self.regions.items():
+            region, _, detail = key.partition(".")
+            label = REGION_LABELS.get(region, region.replace("_", " ").capitalize())
+            columns[f"{label} {detail}".strip()] = value
+        return columns
+
+
+def _flatten_numbers(value: object, prefix: str = "") -> dict[str, float]:
+    """``{"head": {"p99": 3}}`` -> ``{"head.p99": 3.0}``; a bare number -> ``{prefix: value}``."""
+    if isinstance(value, dict):
+        flat: dict[str, float] = {}
+        for key, item in value.items():
+            flat.update(_flatten_numbers(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix or "value": float(value)}
+
+
+def build_scores_table(report: DetectionReport, name: str) -> slicer.vtkMRMLTableNode:
+    """One row: each region score, the run's maximum error and how the run was made."""
+    table = slicer.vtkMRMLTableNode()
+    table.SetName(name)
+    for label, value in report.score_columns().items():
+        _add_column(table, vtk.vtkDoubleArray(), label, value, "Anomaly score of the region")
+    for key, value in report.error_mm.items():
+        label = "Error (mm)" if key == "value" else f"Error {key} (mm)"
+        _add_column(table, vtk.vtkDoubleArray(), label, value, "Position error of the scan, millimetres")
+    _add_column(table, vtk.vtkStringArray(), "Model", report.model, "Model bundle used")
+    _add_column(table, vtk.vtkStringArray(), "Device", report.device, "Device the network ran on")
+    _add_column(table, vtk.vtkIntArray(), "Stride", report.stride, "Error map computed every this many voxels")
+    _add_column(table, vtk.vtkStringArray(), "Method", report.method, "Inference method")
+    _add_column(table, vtk.vtkDoubleArray(), "Seconds", report.seconds, "Time of the detection")
+    _add_column(table, vtk.vtkDoubleArray(), "Registration metric", report.registration_metric,
+                "Quality of the alignment with the reference head (higher is better)")
+    return table
+
+
+def _add_column(table: slicer.vtkMRMLTableNode, column: vtk.vtkAbstractArray, name: str, value: object,
+                description: str) -> None:
+    column.SetName(name)
+    column.InsertNextValue(value)
+    table.AddColumn(column)
+    table.SetColumnDescription(name, description)
+
+
+def table_row(table: slicer.vtkMRMLTableNode, row: int = 0) -> dict[str, object]:
+    """A table row as ``{column name: value}`` with numbers as numbers."""
+    data = table.GetTable()
+    values = {}
+    for index in range(data.GetNumberOfColumns()):
+        column = data.GetColumn(index)
+        values[column.GetName()] = column.GetValue(row)
+    return values

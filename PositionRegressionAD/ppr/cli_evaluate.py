@@ -1,0 +1,90 @@
+"""``python -m ppr evaluate``: evaluate a model bundle on labelled cases (argument parsing, printing).
+
+Example::
+
+    python -m ppr evaluate --model bundle/ --cases cases.csv --out eval/ --bootstrap 1000 --seed 0
+
+CASES.csv: ``image`` (path relative to the CSV), ``anomalous`` (0/1), optional ``mask`` (voxel
+labels on the image's grid), ``left``, ``right``, ``skull`` (0/1 per structure) and ``case``.
+The work is done by ``ppr.evaluation``; this module only parses and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ppr.calibration import AGGREGATE_METHODS, Aggregation
+from ppr.evaluation import SCORE_MAPS, STRUCTURES, VOXEL_CASES, EvaluationConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model bundle folder")
+    parser.add_argument("--cases", required=True, type=Path, help="cases CSV (image, anomalous, [mask, left, right, skull])")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (scores, summary, ROC curves, cache)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line last on stdout")
+    parser.add_argument("--stride", type=int, default=1, choices=(1, 2, 4), help="error map preview stride (1 = full)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--score-map", default="auto", choices=("auto", *SCORE_MAPS),
+                        help="z (calibrated) or mm (raw error); auto takes z when the bundle is calibrated")
+    parser.add_argument("--aggregate", default="top_k_mean", choices=AGGREGATE_METHODS,
+                        help="how a region's voxels become its score")
+    parser.add_argument("--p", type=float, default=99.0, help="percentile for --aggregate percentile")
+    parser.add_argument("--k", type=float, default=0.01, help="top-k for top_k_mean: fraction (<1) or voxel count")
+    parser.add_argument("--voxel-cases", default="masked", choices=VOXEL_CASES,
+                        help="voxel metrics over cases with a mask, or also healthy cases as all-negative (MOOD)")
+    parser.add_argument("--mood", type=Path, default=None, help="also write MOOD challenge files into this folder")
+    parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
+
+
+def _progress(fraction: float, message: str) -> None:
+    print(f"PROGRESS {fraction:.3f} {message}", file=sys.stderr, flush=True)
+
+
+def _format(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:.3f}"
+
+
+def _interval(bounds: list[float | None]) -> str:
+    return "" if bounds[0] is None else f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"
+
+
+def print_summary(summary: dict) -> None:
+    print(f"{summary['n_cases']} cases ({summary['n_anomalous']} anomalous); score: "
+          f"{summary['score']['map']}, {summary['score']['aggregate']}")
+    for structure in STRUCTURES:
+        print(f"  {structure:6s} AUROC {_format(summary['auroc'][structure])}{_interval(summary['auroc_ci95'][structure])}"
+              f"  AP {_format(summary['average_precision'][structure])}"
+              f"{_interval(summary['average_precision_ci95'][structure])}"
+              f"  ({summary['n_positive'][structure]} vs {summary['n_negative'][structure]})")
+    if summary["voxel"] is not None:
+        voxel = summary["voxel"]
+        print(f"  voxels: AP {_format(summary['voxel_ap'])}, best Dice {_format(summary['best_dice'])} "
+              f"over {voxel['n_cases']} cases ({voxel['n_positive']} of {voxel['n_voxels']} voxels anomalous)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ppr.evaluation import evaluate, read_cases
+    from ppr.model_access import open_model
+
+    model = open_model(args.model, stride=args.stride, device=args.device)
+    score_map = args.score_map if args.score_map != "auto" else ("z" if model.calibration is not None else "mm")
+    config = EvaluationConfig(
+        score_map=score_map,
+        aggregation=Aggregation(args.aggregate, p=args.p, k=args.k),
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        voxel_cases=args.voxel_cases,
+    )
+    cases = read_cases(args.cases)
+    summary = evaluate(cases, model.detector, model.region_masks, args.out, config, model.calibration,
+                       _progress if args.progress else None, mood_dir=args.mood)
+    print_summary(summary)
+    print(f"written to {args.out}")
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
