@@ -7,8 +7,6 @@ The widget syncs a parameter node (saved with the scene), starts the Lib's detec
 a QTimer so Slicer stays responsive, and shows the results. This file holds no detection code.
 """
 
-from __future__ import annotations
-
 import pathlib
 import tempfile
 from typing import Annotated

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -13,7 +11,6 @@ from vtk.util import numpy_support
 from PositionRegressionADLib.colormap import COLOR_TABLE_SINGLETON_TAG
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
 from PositionRegressionADLib.report import table_row
-from PositionRegressionADLib.results import find_results
 from PositionRegressionADLib.scene_io import (
     SceneContext,
     SceneFileError,

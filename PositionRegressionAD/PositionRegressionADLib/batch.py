@@ -35,7 +35,14 @@ from PositionRegressionADLib.detection_logic import (
 from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress
 from PositionRegressionADLib.report import table_row
 from PositionRegressionADLib.results import ResultDisplayOptions
-from PositionRegressionADLib.scene_io import SceneContext, is_volume_file, load_volume, save_node, save_scene_mrb
+from PositionRegressionADLib.scene_io import (
+    VOLUME_SUFFIXES,
+    SceneContext,
+    is_volume_file,
+    load_volume,
+    save_node,
+    save_scene_mrb,
+)
 from ppr.errors import InputImageError, PPRError
 
 SCORES_FILE_NAME = "scores.csv"
@@ -73,15 +80,15 @@ def find_scans(inputs: list[Path]) -> list[Path]:
         else:
             raise InputImageError(f"{item} does not exist: check the --input paths.")
     if not scans:
-        raise InputImageError("No scan found in --input (looked for .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd).")
+        raise InputImageError(f"No scan found in --input (looked for {', '.join(VOLUME_SUFFIXES)}).")
     return scans
 
 
 def scan_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
+    """``ctich_051.nii.gz`` -> ``ctich_051``: the name of the scan's output folder and row."""
+    for suffix in VOLUME_SUFFIXES:
+        if path.name.lower().endswith(suffix):
+            return path.name[: -len(suffix)]
     return path.stem
 
 

@@ -131,7 +131,6 @@ class DetectionRun:
         self.options = options
         self.process = process
         self.work_dir = work_dir
-        self.started = time.monotonic()
 
     @property
     def error_map_path(self) -> Path:

@@ -121,10 +121,6 @@ class ChildProcess:
         for reader in self._readers:
             reader.start()
 
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
     def _read_stdout(self, stream: IO[str]) -> None:
         for line in stream:
             self._stdout_lines.append(line)

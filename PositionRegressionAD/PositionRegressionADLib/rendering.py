@@ -175,8 +175,15 @@ def render_surface(results: DetectionResults, path: Path, view_px: int = 400,
     window.SetOffScreenRendering(True)
     window.AddRenderer(renderer)
     window.SetSize(view_px, view_px)
+    label = vtk.vtkTextActor()
+    label.GetTextProperty().SetFontSize(16)
+    label.SetPosition(8, 8)
+    renderer.AddViewProp(label)
     try:
-        tiles = [_render_view(window, renderer, *SURFACE_VIEWS[name]) for name in views]
+        tiles = []
+        for name in views:
+            label.SetInput(name)
+            tiles.append(_render_view(window, renderer, *SURFACE_VIEWS[name]))
     finally:
         window.Finalize()
     _write_png(_montage(tiles, columns=3), Path(path))

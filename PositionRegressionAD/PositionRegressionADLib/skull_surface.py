@@ -53,8 +53,14 @@ def build_skull_surface(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map:
     for axis, spacing in enumerate(input_volume.GetSpacing()):
         coarse.SetAxisOutputSpacing(axis, max(spacing, SURFACE_GRID_MM))
 
+    # Thick slices leave steps of a slice's height; blurring across them rounds the steps off.
+    blur = vtk.vtkImageGaussianSmooth()
+    blur.SetInputConnection(coarse.GetOutputPort())
+    blur.SetStandardDeviations(1.0, 1.0, 0.7)
+    blur.SetRadiusFactors(2.0, 2.0, 2.0)
+
     contour = vtk.vtkFlyingEdges3D()
-    contour.SetInputConnection(coarse.GetOutputPort())
+    contour.SetInputConnection(blur.GetOutputPort())
     contour.SetValue(0, 0.5)
     contour.ComputeNormalsOff()
     contour.Update()

@@ -104,9 +104,17 @@ def autocast_context(device: torch.device, enabled: bool) -> ContextManager:
 
 
 def _to_phases(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, 2a, 2b, 2c) -> (8B, C, a, b, c); batch index = phase * B + b, phase = 4z + 2y + x."""
-    phases = [x[:, :, dz::2, dy::2, dx::2] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
-    return torch.cat(phases, dim=0)
+    """(B, C, 2a, 2b, 2c) -> (8B, C, a, b, c); batch index = phase * B + b, phase = 4z + 2y + x.
+
+    One permuting copy in channels-last memory (the layout the convolutions run fastest in on the
+    CPU); measured no slower than stacking the eight strided slices, and it keeps the layout.
+    """
+    batch, channels, depth, height, width = x.shape
+    voxels_last = x.permute(0, 2, 3, 4, 1)
+    split = voxels_last.reshape(batch, depth // 2, 2, height // 2, 2, width // 2, 2, channels)
+    split = split.permute(2, 4, 6, 0, 1, 3, 5, 7)
+    split = split.reshape(8 * batch, depth // 2, height // 2, width // 2, channels)
+    return split.permute(0, 4, 1, 2, 3)
 
 
 def _phase_pool(strided_poolings: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
@@ -158,30 +166,45 @@ def dense_forward(net: PPRNet, x: torch.Tensor, stride: int = 1) -> torch.Tensor
 
 @dataclass(frozen=True)
 class _CoarseGrid:
-    """Sample points at fine indices stride * c, c < count, enough to interpolate every voxel."""
+    """Sample points at fine indices stride * c, c < ceil(N / stride), per axis.
+
+    Voxels past the last sample point (at most stride - 1 at the far edge of the model grid, which
+    is background in a centred head) take the last point's value instead of a sample outside
+    the grid, so a 256 grid at stride 4 needs exactly 64 points per axis.
+    """
 
     stride: int
     count: tuple[int, int, int]
 
     @classmethod
     def for_volume(cls, shape: tuple[int, ...], stride: int) -> "_CoarseGrid":
-        # One point at or beyond the last voxel, so interpolation never extrapolates.
-        return cls(stride, tuple(math.ceil((n - 1) / stride) + 1 for n in shape))
-
-    @property
-    def extent(self) -> tuple[int, int, int]:
-        """Fine voxels spanned from the first to the last sample point (>= the volume)."""
-        return tuple((c - 1) * self.stride + 1 for c in self.count)
+        return cls(stride, tuple(math.ceil(n / stride) for n in shape))
 
 
 def _needed_points(head_mask: np.ndarray, grid: _CoarseGrid) -> np.ndarray:
-    """Coarse points that some head voxel interpolates from (the head, dilated by stride - 1)."""
+    """Coarse points that some head voxel is interpolated from.
+
+    Voxel i reads points floor(i / K) and floor(i / K) + 1, so point c is needed when the head
+    touches [K c - K + 1, K c + K - 1]: a max pooling of width 2K - 1 centred on K c.
+    """
     k = grid.stride
-    mask = np.zeros(grid.extent, dtype=np.float32)
-    mask[tuple(slice(0, n) for n in head_mask.shape)] = head_mask
-    pooled = F.max_pool3d(torch.from_numpy(mask)[None, None], kernel_size=2 * k - 1, stride=k,
-                          padding=k - 1)
+    mask = torch.from_numpy(head_mask.astype(np.float32))[None, None]
+    pooled = F.max_pool3d(mask, kernel_size=2 * k - 1, stride=k, padding=k - 1)
     return pooled[0, 0].numpy() > 0
+
+
+def _axis_chunks(count: int, chunk: int, align: int) -> list[tuple[int, int]]:
+    """(start, size) chunks of ``count`` points; the last one rounded up to a multiple of align."""
+    chunks = []
+    for start in range(0, count, chunk):
+        size = min(chunk, count - start)
+        chunks.append((start, math.ceil(size / align) * align))
+    return chunks
+
+
+def _computed_count(count: int, chunk: int, align: int) -> int:
+    start, size = _axis_chunks(count, chunk, align)[-1]
+    return start + size
 
 
 def _padded_volume(volume: np.ndarray, half: int, extent: tuple[int, ...]) -> torch.Tensor:
@@ -224,37 +247,33 @@ def patch_positions(net: PPRNet, padded: torch.Tensor, starts: np.ndarray, batch
     return out
 
 
-def _tile_starts(count: int, tile: int) -> range:
-    return range(0, count, tile)
-
-
 def dense_positions(net: PPRNet, padded: torch.Tensor, needed: np.ndarray, stride: int,
                     tile: int, device: torch.device, autocast: bool = True,
                     progress: ProgressFn | None = None) -> np.ndarray:
     """Predicted positions (3, *needed.shape) at coarse points stride * c, tile by tile.
 
-    ``padded`` must cover ceil(count / tile) * tile coarse points per axis plus the halo. Tiles
-    with no needed point are left at 0.
+    Tiles are ``tile`` fine voxels per edge; the last tile along an axis is shorter (still a
+    multiple of 4 fine voxels), so ``padded`` must cover ``_computed_count`` points per axis plus
+    the halo. Tiles with no needed point are skipped and left at 0.
     """
-    tile_c = tile // stride  # coarse points per tile edge
+    tile_c, align = tile // stride, 4 // stride  # coarse points per tile edge, per 4 voxels
     halo = net.patch_size - 1
     counts = needed.shape
-    tiled = tuple(math.ceil(c / tile_c) * tile_c for c in counts)
-    out = np.zeros((3, *tiled), dtype=np.float32)
-    needed_tiled = np.zeros(tiled, dtype=bool)
-    needed_tiled[tuple(slice(0, c) for c in counts)] = needed
-    corners = [(z, y, x) for z in _tile_starts(counts[0], tile_c)
-               for y in _tile_starts(counts[1], tile_c) for x in _tile_starts(counts[2], tile_c)]
-    corners = [c for c in corners
-               if needed_tiled[c[0]:c[0] + tile_c, c[1]:c[1] + tile_c, c[2]:c[2] + tile_c].any()]
+    computed = tuple(_computed_count(c, tile_c, align) for c in counts)
+    out = np.zeros((3, *computed), dtype=np.float32)
+    tiles = [(z, y, x) for z in _axis_chunks(counts[0], tile_c, align)
+             for y in _axis_chunks(counts[1], tile_c, align)
+             for x in _axis_chunks(counts[2], tile_c, align)]
+    tiles = [t for t in tiles if needed[tuple(slice(start, start + size) for start, size in t)].any()]
     with torch.inference_mode(), autocast_context(device, autocast):
-        for done, (cz, cy, cx) in enumerate(corners):
-            fz, fy, fx = cz * stride, cy * stride, cx * stride
-            block = padded[fz:fz + tile + halo, fy:fy + tile + halo, fx:fx + tile + halo]
-            prediction = dense_forward(net, block[None, None].to(device), stride)
-            out[:, cz:cz + tile_c, cy:cy + tile_c, cx:cx + tile_c] = prediction[0].float().cpu().numpy()
+        for done, tile_chunks in enumerate(tiles):
+            inputs = tuple(slice(start * stride, (start + size) * stride + halo)
+                           for start, size in tile_chunks)
+            outputs = tuple(slice(start, start + size) for start, size in tile_chunks)
+            prediction = dense_forward(net, padded[inputs][None, None].to(device), stride)
+            out[(slice(None), *outputs)] = prediction[0].float().cpu().numpy()
             if progress is not None:
-                progress((done + 1) / len(corners), f"tile {done + 1}/{len(corners)}")
+                progress((done + 1) / len(tiles), f"tile {done + 1}/{len(tiles)}")
     return out[(slice(None), *(slice(0, c) for c in counts))]
 
 
@@ -274,9 +293,9 @@ def error_map(volume: np.ndarray, head_mask: np.ndarray, net: PPRNet, spacing_mm
     grid = _CoarseGrid.for_volume(volume.shape, options.stride)
     needed = _needed_points(head_mask.astype(bool), grid)
     half = plain.patch_size // 2
-    tile_c = options.tile // options.stride
-    tiled_extent = tuple(math.ceil(c / tile_c) * options.tile for c in grid.count)
-    padded = _padded_volume(volume.astype(np.float32, copy=False), half, tiled_extent)
+    tile_c, align = options.tile // options.stride, 4 // options.stride
+    extent = tuple(_computed_count(c, tile_c, align) * options.stride for c in grid.count)
+    padded = _padded_volume(volume.astype(np.float32, copy=False), half, extent)
 
     if options.method == "dense":
         predicted = dense_positions(plain, padded, needed, options.stride, options.tile, device,
@@ -297,9 +316,14 @@ def error_map(volume: np.ndarray, head_mask: np.ndarray, net: PPRNet, spacing_mm
 
 
 def _to_full_grid(coarse: np.ndarray, grid: _CoarseGrid, shape: tuple[int, ...]) -> np.ndarray:
-    """Trilinear interpolation from the coarse sample points to every voxel (identity for K = 1)."""
+    """Trilinear interpolation from the coarse sample points to every voxel (identity for K = 1).
+
+    Points sit at fine indices K c, so with align_corners the grid of (count + 1) points maps
+    onto count * K + 1 voxels exactly; the extra point repeats the last one (see _CoarseGrid).
+    """
     if grid.stride == 1:
         return coarse
-    fine = F.interpolate(torch.from_numpy(coarse)[None, None], size=grid.extent, mode="trilinear",
-                         align_corners=True)
+    extended = F.pad(torch.from_numpy(coarse)[None, None], (0, 1, 0, 1, 0, 1), mode="replicate")
+    size = tuple(c * grid.stride + 1 for c in grid.count)
+    fine = F.interpolate(extended, size=size, mode="trilinear", align_corners=True)
     return fine[0, 0, :shape[0], :shape[1], :shape[2]].numpy()

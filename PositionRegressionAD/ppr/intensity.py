@@ -24,19 +24,20 @@ def window(image_hu: sitk.Image, window_hu: tuple[float, float]) -> sitk.Image:
 def normalize(image_hu: sitk.Image, head_mask: sitk.Image, config: PreprocessConfig) -> sitk.Image:
     """HU -> [0, 1] on the same grid: window, then equalise over the head (or scale linearly); 0 outside."""
     lo, hi = config.window_hu
-    values = np.clip(sitk.GetArrayViewFromImage(image_hu).astype(np.float32), lo, hi)
     inside = sitk.GetArrayViewFromImage(head_mask).astype(bool)
-    if config.equalize and inside.any():
-        scaled = _equalize(values, inside)
+    # Only head voxels are mapped: the background (most of the grid) is 0 by definition.
+    head = np.clip(sitk.GetArrayViewFromImage(image_hu)[inside].astype(np.float32), lo, hi)
+    if config.equalize and head.size:
+        mapped = _equalize(head)
     else:
-        scaled = (values - lo) / (hi - lo)
-    scaled[~inside] = 0.0
-    result = sitk.GetImageFromArray(scaled.astype(np.float32))
+        mapped = (head - lo) / (hi - lo)
+    scaled = np.zeros(inside.shape, dtype=np.float32)
+    scaled[inside] = mapped
+    result = sitk.GetImageFromArray(scaled)
     result.CopyInformation(image_hu)
     return result
 
 
-
-def _equalize(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Histogram equalisation with the histogram taken over the head only (air would dominate it)."""
-    return exposure.equalize_hist(values, nbins=EQUALIZE_BINS, mask=inside).astype(np.float32)
+def _equalize(head_values: np.ndarray) -> np.ndarray:
+    """Histogram equalisation with the histogram of the head only (air would dominate it)."""
+    return exposure.equalize_hist(head_values, nbins=EQUALIZE_BINS).astype(np.float32)

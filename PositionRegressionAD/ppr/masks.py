@@ -49,6 +49,8 @@ def head_mask(image_hu: sitk.Image, window_hu: tuple[float, float]) -> sitk.Imag
 BONE_THRESHOLD_FRACTION = 0.9
 # Intracranial voxels see bone in (almost) every direction; the face, neck and scalp see air on one side.
 MIN_ENCLOSURE = 0.9
+# Brain tissue (20-45 HU) lies well below this fraction of the window (64 HU for [-20, 100]).
+BRAIN_MAX_FRACTION = 0.7
 REASONING_SPACING_MM = 2.0
 BRAIN_OPENING_MM = 4.0
 SKULL_SHELL_MM = 15.0
@@ -139,7 +141,13 @@ def intracranial_mask(reference: sitk.Image, window_hu: tuple[float, float]) -> 
 
 
 def _soft_tissue(values: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
-    return (values > head_threshold_hu(window_hu)) & (values < bone_threshold_hu(window_hu))
+    """Brain-like voxels: above air, below the midpoint between brain and bone.
+
+    Voxels half bone and half brain (partial volume at the inner table) are left out, so the mask
+    does not grow by a voxel layer at coarse spacings (about 100 ml at 2 mm).
+    """
+    lo, hi = window_hu
+    return (values > head_threshold_hu(window_hu)) & (values < lo + BRAIN_MAX_FRACTION * (hi - lo))
 
 
 def _reasoning_grid(reference: sitk.Image) -> sitk.Image:
@@ -159,7 +167,12 @@ def skull_mask(reference: sitk.Image, brain: sitk.Image, window_hu: tuple[float,
 
 
 def enclosure_fraction(bone: np.ndarray) -> np.ndarray:
-    """For every voxel, the fraction of the 26 grid directions along which a ray meets bone."""
+    """For every voxel, the fraction of the 26 grid directions along which a ray meets bone.
+
+    The bone is first thickened by one voxel (3x3x3): a diagonal ray steps between the voxels of a
+    one-voxel-thick oblique shell (a thin skull at 2 mm) without touching any of them.
+    """
+    bone = ndimage.binary_dilation(bone, structure=np.ones((3, 3, 3), dtype=bool))
     directions = [d for d in itertools.product((-1, 0, 1), repeat=3) if any(d)]
     hits = np.zeros(bone.shape, dtype=np.float32)
     for direction in directions:

@@ -32,8 +32,10 @@ SAMPLING_FRACTION = 0.1
 SHRINK_FACTORS = (2, 1)
 SMOOTHING_SIGMAS_MM = (3.0, 0.0)
 MAX_ITERATIONS = 100
-# Initial rotations tried about each axis (the header does not say which axis is left-right).
-SEARCH_ANGLES_DEG = (-24.0, -12.0, 0.0, 12.0, 24.0)
+# Initial rotations tried: heads lie yawed in the scanner by up to ~45 degrees (about z, the
+# scanner axis) and nod or tilt less (about x and y: headers do not always say which is left-right).
+SEARCH_YAW_DEG = tuple(range(-48, 49, 12))
+SEARCH_TILT_DEG = (-24, -12, 0, 12, 24)
 SEARCH_SHRINK = 4
 MIN_CRANIUM_ML = 300.0
 
@@ -155,7 +157,8 @@ def _initial_transform(fixed: _PreparedHead, moving: _PreparedHead) -> sitk.Eule
         values = sitk.GetArrayViewFromImage(seen)[region]
         return float(np.corrcoef(reference_values, values)[0, 1]) if values.std() > 0 else -1.0
 
-    candidates = itertools.product(*(np.deg2rad(SEARCH_ANGLES_DEG),) * 3)
+    tilts = np.deg2rad(SEARCH_TILT_DEG)
+    candidates = itertools.product(tilts, tilts, np.deg2rad(SEARCH_YAW_DEG))
     transform.SetRotation(*max(candidates, key=correlation))
     return transform
 
@@ -168,8 +171,8 @@ def _registration_method(fixed: sitk.Image) -> sitk.ImageRegistrationMethod:
     method.SetMetricFixedMask(_head_region(fixed))
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-2, numberOfIterations=MAX_ITERATIONS, relaxationFactor=0.5,
-        gradientMagnitudeTolerance=1e-6,
+        learningRate=1.0, minStep=1e-3, numberOfIterations=MAX_ITERATIONS, relaxationFactor=0.7,
+        gradientMagnitudeTolerance=1e-8,
     )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
