@@ -142,8 +142,8 @@ def synthetic_head(
 ) -> sitk.Image:
     """A synthetic head CT on the given grid.
 
-    origin: default puts the grid's centre at physical (0, 0, 0), where the head's centre is when
-        head_to_physical is None (identity pose).
+    origin: default puts the grid's centre on the head's centre (physical (0, 0, 0) for the
+        identity pose).
     head_to_physical: rigid transform from the head frame to physical LPS mm (see make_head_to_physical).
     window_hu: clip to this window, as in data exported pre-windowed (air then reads window[0]).
     lesion_center_mm: centre of a spherical lesion in the head frame (mm), None for a healthy head.
@@ -151,10 +151,10 @@ def synthetic_head(
     size = [int(n) for n in size]
     spacing = [float(s) for s in spacing]
     matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    transform = head_to_physical if head_to_physical is not None else sitk.Euler3DTransform()
     if origin is None:
         half_extent = (np.asarray(size) - 1) * np.asarray(spacing) / 2.0
-        origin = -(matrix @ half_extent)
-    transform = head_to_physical if head_to_physical is not None else sitk.Euler3DTransform()
+        origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0))) - matrix @ half_extent
     points = _to_head_frame(_grid_points_mm(size, spacing, origin, direction), transform)
     values = head_values_hu(points, air_hu, lesion_center_mm, lesion_radius_mm, lesion_hu, table)
     if window_hu is not None:

@@ -1,7 +1,9 @@
 """Training report of a model bundle: loss curves (PNG) and a JSON summary, written next to it.
 
-Reads the ``training_log.json`` that ``python -m ppr train`` writes with the bundle (per-step
-training loss, validation loss when there were validation scans, seconds since the start). The
+Reads the ``training_log.json`` that ``python -m ppr train`` writes with the bundle: the per-step
+records of ``ppr.training.train`` (step, training loss, seconds of training so far, and every
+``val_every`` steps the validation loss, None without validation scans). The loss is the paper's
+mean position error on normalised grid positions, so 0.01 is 1 % of the grid edge. The
 report sits beside the bundle, not inside it, so the bundle's checksums stay valid. This module
 does not train, does not evaluate detection, and uses matplotlib's Agg canvas only (no GUI).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ class TrainingLog:
     seconds: np.ndarray
     val_steps: np.ndarray
     val_loss: np.ndarray
+    cases: list[str] | None = None
+    validation_cases: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,12 +47,15 @@ class TrainingReport:
 
 
 def find_training_log(bundle: Path) -> Path:
-    """The training log of a bundle: inside a bundle folder, or beside the bundle."""
+    """The training log of a bundle: in the bundle folder, in its cache folder, or beside it."""
     bundle = Path(bundle)
-    candidates = [bundle / TRAINING_LOG_NAME, bundle.parent / TRAINING_LOG_NAME]
+    candidates = [bundle / TRAINING_LOG_NAME, bundle.parent / f"{bundle.name}.cache" / TRAINING_LOG_NAME,
+                  bundle.parent / TRAINING_LOG_NAME]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if zipfile.is_zipfile(bundle):
+        return bundle
     raise PPRError(
         f"No {TRAINING_LOG_NAME} found for the model bundle {bundle}: it is written by "
         "`python -m ppr train`; train the bundle again or point to the folder it was trained into."
@@ -55,12 +63,12 @@ def find_training_log(bundle: Path) -> Path:
 
 
 def read_training_log(path: Path) -> TrainingLog:
-    """Parse a training log; a log without any step is refused with a clear message."""
+    """Parse a training log (a JSON file, or a zipped bundle holding one); no step is an error."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(_log_text(Path(path)))
+    except (OSError, KeyError, json.JSONDecodeError, zipfile.BadZipFile) as error:
         raise PPRError(f"The training log {path} cannot be read ({error}): train the bundle again.") from error
-    records = data.get("steps", []) if isinstance(data, dict) else []
+    records = _step_records(data)
     if not records:
         raise PPRError(f"The training log {path} holds no training step: the training stopped before its first step.")
     steps = np.array([int(r["step"]) for r in records])
@@ -69,7 +77,31 @@ def read_training_log(path: Path) -> TrainingLog:
     with_val = [r for r in records if r.get("val_loss") is not None]
     val_steps = np.array([int(r["step"]) for r in with_val], dtype=int)
     val_loss = np.array([float(r["val_loss"]) for r in with_val], dtype=float)
-    return TrainingLog(steps, loss, seconds, val_steps, val_loss)
+    cases = data.get("cases") if isinstance(data, dict) else None
+    validation_cases = data.get("validation_cases") if isinstance(data, dict) else None
+    return TrainingLog(steps, loss, seconds, val_steps, val_loss, cases, validation_cases)
+
+
+def _log_text(path: Path) -> str:
+    if path.suffix == ".json":
+        return path.read_text(encoding="utf-8")
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == TRAINING_LOG_NAME]
+        if not names:
+            raise KeyError(f"{TRAINING_LOG_NAME} is not in the archive")
+        return archive.read(min(names, key=len)).decode("utf-8")
+
+
+def _step_records(data: Any) -> list[dict[str, Any]]:
+    # ppr.training.train() logs one record per step ({"step", "loss", "seconds", "val_loss"});
+    # the file holds that list, bare or under "steps" / "log" next to other run details.
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        for key in ("steps", "log"):
+            if isinstance(data.get(key), list):
+                return data[key]
+    return []
 
 
 def summarize(log: TrainingLog) -> dict[str, Any]:
@@ -83,6 +115,8 @@ def summarize(log: TrainingLog) -> dict[str, Any]:
         "first_loss": first,
         "final_loss": final,
         "loss_reduction": 1.0 - final / first if first > 0 else None,
+        "training_scans": len(log.cases) if log.cases is not None else None,
+        "validation_scans": len(log.validation_cases) if log.validation_cases is not None else None,
         "validation": None,
     }
     if len(log.val_loss):
@@ -119,8 +153,9 @@ def plot_loss_curves(log: TrainingLog, path: Path, title: str) -> None:
     figure = Figure(figsize=(7.0, 4.0), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    axes.plot(log.steps, log.loss, color="tab:blue", alpha=0.3, linewidth=0.8, label="training loss (per step)")
     window = max(1, len(log.loss) // 50)
+    axes.plot(log.steps, log.loss, color="tab:blue", alpha=0.3 if window > 1 else 1.0, linewidth=0.8,
+              label="training loss (per step)")
     if window > 1:
         # A running mean shows the trend that the per-step noise of 256 sampled patches hides.
         smooth = np.convolve(log.loss, np.ones(window) / window, mode="valid")
@@ -131,7 +166,7 @@ def plot_loss_curves(log: TrainingLog, path: Path, title: str) -> None:
     if np.all(values[np.isfinite(values)] > 0):
         axes.set_yscale("log")
     axes.set_xlabel("step")
-    axes.set_ylabel("position error |x - f(p_x)| (grid units)")
+    axes.set_ylabel("loss |x - f(p_x)| (fraction of the grid)")
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper right")

@@ -19,7 +19,11 @@ class PreprocessConfig:
     prewindowed: the data was exported in a window already (air and bone saturate), so the
         "does this look like CT" intensity check is relaxed to the window itself.
     min_registration_metric: a registration whose quality figure (negated Mattes mutual
-        information, higher is better) is below this is refused as "does not look like a head CT".
+        information over the reference head at 3 mm, higher is better) is below this is refused as
+        "does not look like a head CT". 0.25 sits between what heads and non-heads reach: with
+        ctich_054 as reference, the other 31 CT-ICH dev cases reached 0.31-0.68 (the reference
+        itself 1.88), while a water cylinder, an abdomen-like phantom, noise and a head with its
+        slices shuffled reached 0.04-0.17.
     """
 
     size: int = 256
@@ -27,7 +31,7 @@ class PreprocessConfig:
     window_hu: tuple[float, float] = (-20.0, 100.0)
     equalize: bool = True
     prewindowed: bool = False
-    min_registration_metric: float = 0.2
+    min_registration_metric: float = 0.25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_hu", tuple(float(v) for v in self.window_hu))

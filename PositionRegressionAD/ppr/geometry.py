@@ -67,7 +67,8 @@ def isotropic_grid(image: sitk.Image, spacing_mm: float) -> Grid:
     """The grid covering the same physical box as ``image`` (same direction) at spacing_mm."""
     size = np.asarray(image.GetSize())
     spacing = np.asarray(image.GetSpacing())
-    new_size = np.maximum(1, np.ceil(size * spacing / spacing_mm)).astype(int)
+    # Tolerance: 90 x 2.2 mm / 3 mm is 66.00000000000001 in floating point, and must stay 66.
+    new_size = np.maximum(1, np.ceil(size * spacing / spacing_mm - 1e-6)).astype(int)
     # Keep the box's corner (origin minus half a voxel) where it was.
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     corner = np.asarray(image.GetOrigin()) - direction @ (spacing / 2.0)

@@ -38,9 +38,7 @@ def head_mask(image_hu: sitk.Image, window_hu: tuple[float, float]) -> sitk.Imag
     Keeping the largest component drops the CT table and other objects apart from the head; filling
     holes in 3D takes back fat, sinuses and ventricles enclosed by the head.
     """
-    foreground = sitk.BinaryThreshold(
-        image_hu, lowerThreshold=head_threshold_hu(window_hu), upperThreshold=1e30, insideValue=1, outsideValue=0
-    )
+    foreground = sitk.Greater(sitk.Cast(image_hu, sitk.sitkFloat32), head_threshold_hu(window_hu))
     head = largest_component(foreground)
     return sitk.Cast(sitk.BinaryFillhole(head, fullyConnected=False, foregroundValue=1), sitk.sitkUInt8)
 

@@ -32,12 +32,12 @@ SAMPLING_FRACTION = 0.1
 SHRINK_FACTORS = (2, 1)
 SMOOTHING_SIGMAS_MM = (3.0, 0.0)
 MAX_ITERATIONS = 100
-# Initial rotations tried: heads lie yawed in the scanner by up to ~45 degrees (about z, the
-# scanner axis) and nod or tilt less (about x and y: headers do not always say which is left-right).
-SEARCH_YAW_DEG = tuple(range(-48, 49, 12))
-SEARCH_TILT_DEG = (-24, -12, 0, 12, 24)
+# Rotations tried about each axis of the reference, after the crania's principal axes are matched.
+SEARCH_ANGLES_DEG = (-24.0, -12.0, 0.0, 12.0, 24.0)
 SEARCH_SHRINK = 4
 MIN_CRANIUM_ML = 300.0
+# Two principal axes whose extents differ by less than this ratio cannot be told apart.
+DISTINCT_AXES_RATIO = 1.08
 
 
 @dataclass(frozen=True)
@@ -71,25 +71,34 @@ def affine_matrix_4x4(transform: sitk.Euler3DTransform) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _PreparedHead:
-    """A head ready for registration: coarse, windowed, air at 0, only the head kept."""
+    """A head ready for registration: coarse, windowed, air at 0, only the head kept.
+
+    cranium_center_mm and cranium_axes (rows: principal axes of the intracranial space, longest
+    extent last) place and orient the head by its anatomy, whatever its pose in the scanner.
+    """
 
     image: sitk.Image
     cranium_center_mm: np.ndarray
+    cranium_axes: np.ndarray
+    axes_distinct: bool
 
 
 def _prepare(image_hu: sitk.Image, window_hu: tuple[float, float], spacing_mm: float) -> _PreparedHead:
-    """Any space -> a coarse isotropic copy on the same box, and the centre of its cranium."""
+    """Any space -> a coarse isotropic copy on the same box, and the pose of its cranium."""
     lo = float(window_hu[0])
     coarse = resample_isotropic(image_hu, spacing_mm, default_value=lo)
     head = head_mask(coarse, window_hu)
     shifted = sitk.Multiply(
         sitk.ShiftScale(window(coarse, window_hu), shift=-lo, scale=1.0), sitk.Cast(head, sitk.sitkFloat32)
     )
-    return _PreparedHead(shifted, _cranium_center_mm(coarse, head, window_hu))
+    return _PreparedHead(shifted, *_cranium_pose(coarse, head, window_hu))
 
 
-def _cranium_center_mm(coarse_hu: sitk.Image, head: sitk.Image, window_hu: tuple[float, float]) -> np.ndarray:
-    """Centre of the intracranial space; of the whole head if none is found (not a head CT).
+def _cranium_pose(
+    coarse_hu: sitk.Image, head: sitk.Image, window_hu: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Centroid, principal axes (rows, shortest first) of the intracranial space (of the whole head
+    if none is found), and whether the two shorter axes are distinct enough to be paired.
 
     The head's centre of mass moves with how much neck and face a scan covers; the cranium's does not.
     """
@@ -97,7 +106,35 @@ def _cranium_center_mm(coarse_hu: sitk.Image, head: sitk.Image, window_hu: tuple
     statistics.Execute(intracranial_mask(coarse_hu, window_hu))
     if statistics.GetNumberOfLabels() == 0 or statistics.GetPhysicalSize(1) < MIN_CRANIUM_ML * 1000:
         statistics.Execute(head)
-    return np.asarray(statistics.GetCentroid(1))
+    axes = np.asarray(statistics.GetPrincipalAxes(1)).reshape(3, 3)
+    short, middle, _ = np.sqrt(np.maximum(statistics.GetPrincipalMoments(1), 0.0))
+    return np.asarray(statistics.GetCentroid(1)), axes, bool(middle >= DISTINCT_AXES_RATIO * short)
+
+
+def _axes_rotation(fixed: "_PreparedHead", moving: "_PreparedHead") -> np.ndarray:
+    """The rotation taking the fixed cranium's principal axes onto the moving one's (fixed -> moving).
+
+    The long (front-back) axis is always paired: on the dev data it is 13-38% longer than the next.
+    The two shorter axes differ by as little as 1% on some heads and then swap between heads: they
+    are paired only when both heads have them DISTINCT_AXES_RATIO apart, else only the long axis
+    is turned (the smallest rotation). Axes have no sign: each is taken within 90 degrees of its
+    partner (every scan is of a head lying on its back).
+    """
+    fixed_axes, moving_axes = fixed.cranium_axes, moving.cranium_axes.copy()
+    for row in (1, 2):
+        if fixed_axes[row] @ moving_axes[row] < 0:
+            moving_axes[row] = -moving_axes[row]
+    if fixed.axes_distinct and moving.axes_distinct:
+        moving_axes[0] = np.cross(moving_axes[1], moving_axes[2]) * np.linalg.det(fixed_axes)
+        return moving_axes.T @ fixed_axes
+    fixed_long, moving_long = fixed_axes[2], moving_axes[2]
+    axis = np.cross(fixed_long, moving_long)
+    sine, cosine = np.linalg.norm(axis), float(fixed_long @ moving_long)
+    if sine < 1e-9:
+        return np.eye(3)
+    versor = sitk.VersorTransform()
+    versor.SetRotation((axis / sine).tolist(), float(np.arctan2(sine, cosine)))
+    return np.asarray(versor.GetMatrix()).reshape(3, 3)
 
 
 def register_to_reference(
@@ -135,32 +172,42 @@ def register_to_reference(
 
 
 def _initial_transform(fixed: _PreparedHead, moving: _PreparedHead) -> sitk.Euler3DTransform:
-    """Cranium centres matched, then the best of a coarse grid of rotations about that centre.
+    """Crania matched by centre and long axis, then the best of a grid of rotations about that.
 
-    Gradient descent from the identity rotation falls into wrong optima for heads tilted by
-    20-30 degrees. The grid is scored by correlation over the reference head on a 4x coarser grid:
-    both images are the same modality in the same window, and a numpy correlation costs far less
-    than a Mattes evaluation per candidate.
+    Gradient descent from the identity falls into wrong optima for heads yawed by 30-50 degrees,
+    and a grid in scanner axes makes the result depend on the head's pose (nodding, the worst
+    determined rotation, differed by up to 18 degrees for a scan moved by 12). Starting from the
+    cranium's own long axis, a moved scan gets (nearly) the moved start, so the result moves with
+    the scan. The grid is scored by correlation over the reference head at 4x coarser spacing
+    (same modality, same window: far cheaper than a Mattes evaluation per candidate).
     """
     transform = sitk.Euler3DTransform()
     transform.SetCenter([float(v) for v in fixed.cranium_center_mm])
     transform.SetTranslation([float(v) for v in moving.cranium_center_mm - fixed.cranium_center_mm])
+    start = _axes_rotation(fixed, moving)
     shrink = [SEARCH_SHRINK] * 3
     fixed_coarse = sitk.BinShrink(fixed.image, shrink)
     moving_coarse = sitk.BinShrink(moving.image, shrink)
-    region = sitk.GetArrayViewFromImage(_head_region(fixed_coarse)).astype(bool)
+    # A copy, not a view: a view does not keep its (temporary) image alive.
+    region = sitk.GetArrayFromImage(_head_region(fixed_coarse)).astype(bool)
     reference_values = sitk.GetArrayViewFromImage(fixed_coarse)[region]
 
-    def correlation(angles: tuple[float, float, float]) -> float:
-        transform.SetRotation(*angles)
+    def correlation(rotation: np.ndarray) -> float:
+        transform.SetMatrix(rotation.ravel().tolist())
         seen = sitk.Resample(moving_coarse, fixed_coarse, transform, sitk.sitkLinear, 0.0)
         values = sitk.GetArrayViewFromImage(seen)[region]
         return float(np.corrcoef(reference_values, values)[0, 1]) if values.std() > 0 else -1.0
 
-    tilts = np.deg2rad(SEARCH_TILT_DEG)
-    candidates = itertools.product(tilts, tilts, np.deg2rad(SEARCH_YAW_DEG))
-    transform.SetRotation(*max(candidates, key=correlation))
+    steps = np.deg2rad(SEARCH_ANGLES_DEG)
+    candidates = [start @ _euler_matrix(angles) for angles in itertools.product(steps, steps, steps)]
+    transform.SetMatrix(max(candidates, key=correlation).ravel().tolist())
     return transform
+
+
+def _euler_matrix(angles: tuple[float, float, float]) -> np.ndarray:
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(*angles)
+    return np.asarray(rotation.GetMatrix()).reshape(3, 3)
 
 
 def _registration_method(fixed: sitk.Image) -> sitk.ImageRegistrationMethod:

@@ -1,0 +1,250 @@
+"""Model bundles: everything a detection needs, in one folder (or one .zip of it).
+
+Layout::
+
+    weights.pt        network state dict (spectral-norm parametrisation kept: resumable, exact)
+    config.json       format version, network {m, patch_size}, the PreprocessConfig, training
+                      summary (cases, steps, seconds, final losses), torch / ppr versions, date
+    reference.nii.gz  the reference head in model space (float32 HU on the model grid)
+    checksums.json    sha256 of every file above (and of calibration.npz when present)
+    calibration.npz   optional: per-voxel healthy error statistics (``ppr.calibration``)
+
+``load_bundle`` checks the format version and every checksum, so a missing, corrupt, truncated or
+incompatible bundle is refused with a ``BundleError`` that says what to do. ``write_checksums`` is
+how another tool that adds a file (calibration) keeps the bundle valid.
+
+What it does not: train, calibrate or detect; it only writes and reads bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+import ppr
+from ppr.config import PreprocessConfig
+from ppr.errors import BundleError
+from ppr.network import PPRNet
+
+FORMAT_VERSION = 1
+WEIGHTS = "weights.pt"
+CONFIG = "config.json"
+REFERENCE = "reference.nii.gz"
+CHECKSUMS = "checksums.json"
+CALIBRATION = "calibration.npz"
+REQUIRED_FILES = (WEIGHTS, CONFIG, REFERENCE)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelBundle:
+    """A loaded model bundle.
+
+    network: the trained PPRNet in eval mode (fold it with ``ppr.network.fold_spectral_norm``
+        or let ``ppr.inference`` do it).
+    preprocess: how scans are brought into this model's space.
+    reference: the reference head in model space (float32 HU), the fixed image of registration.
+    info: the whole config.json (training summary, versions, date).
+    calibration: ``ppr.calibration.Calibration`` when calibration.npz is present, else None.
+    """
+
+    network: PPRNet
+    preprocess: PreprocessConfig
+    reference: sitk.Image
+    info: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    checksum: str = ""
+    calibration: Any = None
+
+    @cached_property
+    def region_masks(self) -> dict[str, np.ndarray]:
+        """Region masks (bool, model space) of the reference, computed once per loaded bundle."""
+        from ppr.preprocess import region_masks
+
+        return region_masks(self.reference, self.preprocess)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> Path:
+    """(Re)write checksums.json over every file of a bundle folder (after adding or changing one)."""
+    folder = Path(folder)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    checksums = {"algorithm": "sha256", "files": {name: sha256_file(folder / name) for name in files}}
+    path = folder / CHECKSUMS
+    path.write_text(json.dumps(checksums, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def bundle_config(network: PPRNet, preprocess: PreprocessConfig, training: dict[str, Any]) -> dict[str, Any]:
+    """The content of config.json."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "network": {"m": network.m, "patch_size": network.patch_size},
+        "preprocess": preprocess.to_dict(),
+        "training": training,
+        "versions": {"ppr": ppr.__version__, "torch": torch.__version__, "SimpleITK": sitk.Version_VersionString()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_bundle(path: Path, network: PPRNet, preprocess: PreprocessConfig, reference: sitk.Image,
+                training: dict[str, Any], extra_files: dict[str, Path] | None = None) -> Path:
+    """Write a bundle folder (or a .zip when ``path`` ends in .zip); replaces an existing one.
+
+    The bundle is assembled in a temporary folder beside ``path`` and moved in place at the end,
+    so an interrupted save never leaves a half-written bundle under the real name.
+    ``extra_files`` (name -> file) are copied in and checksummed (e.g. training_log.json).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        torch.save(network.state_dict(), work / WEIGHTS)
+        (work / CONFIG).write_text(json.dumps(bundle_config(network, preprocess, training), indent=2) + "\n")
+        sitk.WriteImage(sitk.Cast(reference, sitk.sitkFloat32), str(work / REFERENCE), useCompression=True)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, work / name)
+        write_checksums(work)
+        work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        if path.suffix == ".zip":
+            _zip_folder(work, path)
+        else:
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            work.rename(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def _zip_folder(folder: Path, path: Path) -> None:
+    partial = path.with_suffix(".zip.partial")
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, arcname=file.name)
+    partial.replace(path)
+
+
+def load_bundle(path: Path | str) -> ModelBundle:
+    """Read and check a bundle folder or .zip; any problem is a ``BundleError`` for the user."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"No model bundle at {path}: check the path, or train one with `python -m ppr train`.")
+    if path.is_dir():
+        return _load_folder(path, path)
+    try:
+        with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix="ppr-bundle-") as folder:
+            _extract_flat(archive, Path(folder))
+            return _load_folder(Path(folder), path)
+    except zipfile.BadZipFile as error:
+        raise BundleError(f"The model bundle {path} is not a readable zip file ({error}): it may be "
+                          "truncated; download or copy it again.") from None
+
+
+def _extract_flat(archive: zipfile.ZipFile, folder: Path) -> None:
+    """Extract the bundle's files; a zip of the bundle folder itself (one level down) works too."""
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        name = Path(info.filename).name
+        (folder / name).write_bytes(archive.read(info))
+
+
+def _load_folder(folder: Path, shown: Path) -> ModelBundle:
+    checksums = _verified_checksums(folder, shown)
+    info = _read_config(folder, shown)
+    try:
+        preprocess = PreprocessConfig.from_dict(info["preprocess"])
+        network = PPRNet(int(info["network"]["m"]), int(info["network"]["patch_size"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"The model bundle {shown} has an invalid config.json ({error}): it was not "
+                          "written by a compatible version; train or download it again.") from None
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    except Exception as error:  # unpickling and shape errors mean the same to the user
+        raise BundleError(f"The weights of the model bundle {shown} do not fit the network its config.json "
+                          f"describes ({str(error).splitlines()[0]}): train or download the bundle again.") from None
+    reference = _read_reference(folder, preprocess, shown)
+    calibration = _read_calibration(folder, shown) if CALIBRATION in checksums else None
+    digest = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
+    return ModelBundle(network.eval(), preprocess, reference, info, shown, digest, calibration)
+
+
+def _verified_checksums(folder: Path, shown: Path) -> dict[str, str]:
+    listing = folder / CHECKSUMS
+    try:
+        checksums = json.loads(listing.read_text())["files"]
+    except FileNotFoundError:
+        raise BundleError(f"The model bundle {shown} has no {CHECKSUMS}: it is incomplete; copy or "
+                          "train it again.") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"The {CHECKSUMS} of the model bundle {shown} is corrupt ({error}): copy or "
+                          "train the bundle again.") from None
+    for name in REQUIRED_FILES:
+        if name not in checksums:
+            raise BundleError(f"The model bundle {shown} does not list {name} in {CHECKSUMS}: it is "
+                              "incomplete; copy or train it again.")
+    if (folder / CALIBRATION).exists() and CALIBRATION not in checksums:
+        raise BundleError(f"The model bundle {shown} holds a {CALIBRATION} that its {CHECKSUMS} does not "
+                          "list: run `python -m ppr calibrate` again, or delete the calibration file.")
+    for name, expected in checksums.items():
+        file = folder / name
+        if not file.is_file():
+            raise BundleError(f"The model bundle {shown} is missing {name}: copy or train it again.")
+        if sha256_file(file) != expected:
+            raise BundleError(f"The file {name} of the model bundle {shown} is corrupt or truncated (its "
+                              "checksum does not match): copy or train the bundle again.")
+    return checksums
+
+
+def _read_config(folder: Path, shown: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((folder / CONFIG).read_text())
+        version = int(info["format_version"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"The config.json of the model bundle {shown} is invalid ({error}): train or "
+                          "download the bundle again.") from None
+    if version > FORMAT_VERSION:
+        raise BundleError(f"The model bundle {shown} has format version {version}, newer than this software "
+                          f"reads ({FORMAT_VERSION}): update the extension.")
+    if version < 1:
+        raise BundleError(f"The model bundle {shown} has an unknown format version {version}: train it again.")
+    return info
+
+
+def _read_reference(folder: Path, preprocess: PreprocessConfig, shown: Path) -> sitk.Image:
+    from ppr.preprocess import model_grid_of
+
+    try:
+        reference = sitk.ReadImage(str(folder / REFERENCE), sitk.sitkFloat32)
+        model_grid_of(reference, preprocess)
+    except (RuntimeError, ValueError) as error:
+        raise BundleError(f"The reference of the model bundle {shown} is unusable ({str(error).splitlines()[0]}): "
+                          "train or download the bundle again.") from None
+    return reference
+
+
+def _read_calibration(folder: Path, shown: Path) -> Any:
+    from ppr.calibration import load_calibration
+
+    return load_calibration(folder / CALIBRATION)
+

@@ -1,0 +1,86 @@
+"""``python -m ppr train IMAGES... --out BUNDLE``: train a PPR model bundle on healthy head CTs.
+
+Argument parsing and printing only: the work is ``ppr.training.train_bundle``. With ``--progress``
+every step prints ``PROGRESS <fraction> step S loss L [val V] patches/s R ETA Ts`` on stderr; with
+``--json`` the last stdout line is one JSON object (bundle, steps, seconds, losses, patches/s).
+Preprocessed volumes and the checkpoint are kept in ``<BUNDLE>.cache/`` (or ``--cache DIR``), so
+a second run skips registration and ``--resume`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ppr.config import PreprocessConfig
+from ppr.errors import PPRError
+from ppr.training import MODES, TrainConfig
+
+PREPROCESS = PreprocessConfig()
+TRAINING = TrainConfig(steps=1)
+DEFAULT_MINUTES = 60.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", type=Path, nargs="+", help="healthy head CTs (files or DICOM folders)")
+    parser.add_argument("--out", type=Path, required=True, help="model bundle to write (folder, or .zip)")
+    parser.add_argument("--reference", type=Path, help="reference head CT (default: the first image)")
+    parser.add_argument("--val", type=Path, nargs="+", default=[], help="healthy scans for the validation loss")
+    parser.add_argument("--steps", type=int, help="number of training steps")
+    parser.add_argument("--max-minutes", type=float,
+                        help=f"stop after this many minutes of training, validation not counted (default {DEFAULT_MINUTES:g} when --steps is not given)")
+    parser.add_argument("--batch", type=int, default=TRAINING.batch, help="patches per step (sampled mode)")
+    parser.add_argument("--m", type=int, default=TRAINING.m, help="network width m (default %(default)s)")
+    parser.add_argument("--mode", choices=MODES, default=TRAINING.mode,
+                        help="sampled: the paper's random patches; dense: crops run fully convolutionally")
+    parser.add_argument("--crop", type=int, default=TRAINING.crop, help="dense mode: crop edge in voxels")
+    parser.add_argument("--crops", type=int, default=TRAINING.crops, help="dense mode: crops per step")
+    parser.add_argument("--lr", type=float, default=TRAINING.lr, help="Adam learning rate")
+    parser.add_argument("--val-every", type=int, default=TRAINING.val_every, help="steps between validations")
+    parser.add_argument("--size", type=int, default=PREPROCESS.size, help="model grid voxels per axis")
+    parser.add_argument("--spacing", type=float, default=PREPROCESS.spacing_mm, help="model grid spacing in mm")
+    parser.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=list(PREPROCESS.window_hu),
+                        help="intensity window in HU")
+    parser.add_argument("--prewindowed", action="store_true",
+                        help="the data was exported in the window already (air and bone saturate)")
+    parser.add_argument("--cache", type=Path, help="folder of preprocessed volumes and the checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in the cache")
+    parser.add_argument("--seed", type=int, default=TRAINING.seed)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
+
+
+def _progress(fraction: float, message: str) -> None:
+    print(f"PROGRESS {fraction:.4f} {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ppr.training import train_bundle
+
+    max_minutes = args.max_minutes
+    if args.steps is None and max_minutes is None:
+        max_minutes = DEFAULT_MINUTES
+        print(f"no --steps or --max-minutes given: training for {DEFAULT_MINUTES:g} minutes", file=sys.stderr)
+    try:
+        preprocess = PreprocessConfig(size=args.size, spacing_mm=args.spacing, window_hu=tuple(args.window),
+                                      prewindowed=args.prewindowed)
+        config = TrainConfig(steps=args.steps, max_minutes=max_minutes, batch=args.batch, m=args.m,
+                             mode=args.mode, crop=args.crop, crops=args.crops, lr=args.lr,
+                             val_every=args.val_every, seed=args.seed, device=args.device)
+    except ValueError as error:
+        raise PPRError(f"{error}: check the training options (python -m ppr train --help).") from None
+    path, result = train_bundle(args.images, args.out, preprocess, config, args.reference, args.val,
+                                args.cache, args.resume, _progress if args.progress else None)
+    report = {"bundle": str(path), "steps": result.steps, "seconds": round(result.seconds, 1),
+              "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
+              "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
+              "mode": config.mode}
+    val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.5f}"
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s on {result.device}: loss "
+          f"{result.final_loss:.5f}, validation {val}; bundle written to {path}")
+    if args.json:
+        print(json.dumps(report))
+    return 0

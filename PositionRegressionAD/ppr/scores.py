@@ -1,0 +1,66 @@
+"""Region scores of one error map: how anomalous each region of the head looks, in mm.
+
+For each region mask of the bundle's reference (left_hemisphere, right_hemisphere, skull, head,
+from ``ppr.preprocess.region_masks``) the score is an aggregate of the position error inside the
+region and inside this scan's head mask (outside it the error map is 0 by convention, which would
+pull the score down where the scan is cut short). Aggregates: the 99th percentile (default; robust
+to a few noisy voxels yet sensitive to a lesion of about 1 % of the region), the maximum, and the
+mean of the top k. The arithmetic is ``ppr.calibration.aggregate``, shared with the evaluation.
+
+What it does not: calibrated z-scores (``ppr.calibration.z_map`` feeds the same functions) or any
+resampling; maps and masks are model-space arrays (z, y, x) of one shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ppr.calibration import aggregate
+
+AGGREGATES = ("p99", "max", "top_k_mean")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """aggregate: "p99", "max" or "top_k_mean"; top_k: fraction of the region (< 1) or voxel count."""
+
+    aggregate: str = "p99"
+    top_k: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+
+    def __call__(self, values: np.ndarray) -> float:
+        if self.aggregate == "p99":
+            return aggregate(values, "percentile", p=99.0)
+        if self.aggregate == "max":
+            return aggregate(values, "max")
+        return aggregate(values, "top_k_mean", k=self.top_k)
+
+
+def region_scores(error_map_mm: np.ndarray, regions: Mapping[str, np.ndarray], head_mask: np.ndarray,
+                  options: ScoreOptions = ScoreOptions()) -> dict[str, float | None]:
+    """Score of each region (None where the region does not meet this scan's head)."""
+    head = np.asarray(head_mask, dtype=bool)
+    scores: dict[str, float | None] = {}
+    for name, region in regions.items():
+        region = np.asarray(region, dtype=bool)
+        if region.shape != error_map_mm.shape or head.shape != error_map_mm.shape:
+            raise ValueError(f"region {name!r} {region.shape}, head {head.shape} and map "
+                             f"{error_map_mm.shape} must have one shape")
+        value = options(error_map_mm[region & head])
+        scores[name] = None if math.isnan(value) else value
+    return scores
+
+
+def error_summary(error_map_mm: np.ndarray, head_mask: np.ndarray) -> dict[str, float | None]:
+    """max, p99 and mean of the error over the head (None for an empty head)."""
+    values = error_map_mm[np.asarray(head_mask, dtype=bool)]
+    if values.size == 0:
+        return {"max": None, "p99": None, "mean": None}
+    return {"max": float(values.max()), "p99": float(np.percentile(values, 99.0)), "mean": float(values.mean())}

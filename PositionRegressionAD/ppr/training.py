@@ -1,0 +1,521 @@
+"""Training a PPR network on healthy head CTs in model space.
+
+What it does:
+- ``prepare_volumes``: preprocess each scan once (``ppr.preprocess.to_model_space``) and cache the
+  model-space volume and head mask (``.npz``) keyed by the file's hash, the configuration and the
+  reference, so a second run (or a resumed one) skips registration.
+- ``train``: Adam (lr 1e-4) on the paper's loss ||x - f(p_x)||, either
+  ``sampled`` (the paper's way: ``batch`` patch centres drawn uniformly over the head mask of one
+  volume per step, so no patch is background only) or ``dense`` (random crops run fully
+  convolutionally: every stride-4 output of the crop is a patch, those whose centre is outside the
+  head are masked out of the loss). A fixed seeded sample of validation patches gives the
+  validation loss; checkpoints allow ``resume``; the run is seeded and repeatable on one device.
+
+- ``train_bundle``: all of the above from scan files to a model bundle (written by ``ppr.bundle``)
+  with its ``training_log.json`` (per-step loss, validation loss, seconds).
+
+What it does not: parse arguments (``ppr.cli_train``) or compute error maps (``ppr.inference``). Arrays are model-space numpy arrays indexed (z, y, x).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ppr.config import PreprocessConfig
+from ppr.errors import PPRError
+from ppr.inference import autocast_context, resolve_device
+from ppr.network import PPRNet, normalised_positions, position_loss
+
+ProgressFn = Callable[[float, str], None]
+MODES = ("sampled", "dense")
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a network is trained.
+
+    steps / max_minutes: stop at whichever comes first (at least one must be given); minutes of
+        training steps, validation not counted.
+    batch: patches per step (sampled mode), all from one volume as in the paper.
+    crops, crop: dense mode: ``crops`` crops per step, each ``crop`` voxels per edge of patch
+        centres (a multiple of 4; the crop read is crop + patch_size - 1), one volume per crop.
+    val_patches: size of the fixed validation sample; val_every: steps between validations.
+    checkpoint_minutes: wall time between checkpoints (one is always written at the end).
+    """
+
+    steps: int | None = None
+    max_minutes: float | None = None
+    batch: int = 256
+    m: int = 16
+    patch_size: int = 31
+    lr: float = 1e-4
+    mode: str = "sampled"
+    crops: int = 1
+    crop: int = 64
+    seed: int = 0
+    device: str = "auto"
+    val_patches: int = 1024
+    val_every: int = 100
+    checkpoint_minutes: float = 5.0
+    autocast: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.max_minutes is None:
+            raise ValueError("give a number of steps, a time limit in minutes, or both")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.crop < 4 or self.crop % 4:
+            raise ValueError(f"crop must be a positive multiple of 4, got {self.crop}")
+        if self.batch < 1 or self.crops < 1 or self.val_every < 1:
+            raise ValueError("batch, crops and val_every must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainingVolume:
+    """One preprocessed scan: intensities in [0, 1] and its head mask on the model grid."""
+
+    name: str
+    volume: np.ndarray
+    head_mask: np.ndarray
+
+
+@dataclass
+class TrainingResult:
+    """The trained network (train mode, spectral norm kept) and what happened."""
+
+    network: PPRNet
+    log: list[dict[str, Any]]
+    steps: int
+    seconds: float
+    patches_per_second: float
+    final_loss: float | None
+    final_val_loss: float | None
+    device: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached preprocessing
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, or of the names and bytes of every file of a folder (DICOM series)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def case_name(path: Path) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _cache_key(image_digest: str, reference_digest: str, config: PreprocessConfig) -> str:
+    text = f"{CACHE_FORMAT}|{image_digest}|{reference_digest}|{config.to_json()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _reference_digest(reference: "sitk.Image") -> str:  # noqa: F821 - SimpleITK imported lazily
+    import SimpleITK as sitk
+
+    digest = hashlib.sha256(sitk.GetArrayViewFromImage(reference).tobytes())
+    digest.update(repr((reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection())).encode())
+    return digest.hexdigest()
+
+
+def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
+                       cache_dir: Path, reference_digest: str | None = None) -> TrainingVolume:
+    """The model-space volume of one scan, from the cache or preprocessed (and cached) now."""
+    import SimpleITK as sitk
+
+    from ppr.preprocess import to_model_space
+
+    reference_digest = reference_digest or _reference_digest(reference)
+    cached = Path(cache_dir) / f"{_cache_key(file_digest(path), reference_digest, config)}.npz"
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as data:
+                return TrainingVolume(case_name(path), data["volume"], data["head_mask"].astype(bool))
+        except (OSError, ValueError, KeyError, EOFError):
+            cached.unlink(missing_ok=True)  # a cache file cut short by an interrupted run
+    result = to_model_space(path, reference, config)
+    volume = sitk.GetArrayFromImage(result.volume).astype(np.float32)
+    head = sitk.GetArrayFromImage(result.head_mask) > 0
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    with open(partial, "wb") as handle:
+        np.savez(handle, volume=volume, head_mask=head.astype(np.uint8),
+                 metric=np.float64(result.registration.metric))
+    partial.replace(cached)
+    return TrainingVolume(case_name(path), volume, head)
+
+
+def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
+                    cache_dir: Path, progress: ProgressFn | None = None) -> list[TrainingVolume]:
+    """Every scan in model space (cached); all unusable scans are named in one error."""
+    reference_digest = _reference_digest(reference)
+    volumes, problems = [], []
+    for index, path in enumerate(paths):
+        if progress is not None:
+            progress(index / len(paths), f"preprocessing {Path(path).name}")
+        try:
+            volumes.append(load_or_preprocess(Path(path), reference, config, cache_dir, reference_digest))
+        except PPRError as error:
+            problems.append(f"{path}: {error}")
+    if problems:
+        raise PPRError("These scans cannot be used for training; remove them or fix them:\n  "
+                       + "\n  ".join(problems))
+    return volumes
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+class _PaddedVolume:
+    """A training volume padded by patch_size // 2 with background, ready for patch reads."""
+
+    def __init__(self, volume: TrainingVolume, half: int):
+        if not volume.head_mask.any():
+            raise PPRError(f"The scan {volume.name} has an empty head mask in model space: it cannot be "
+                           "used for training. Check that it is a head CT.")
+        self.name = volume.name
+        self.shape = volume.volume.shape
+        self.padded = torch.from_numpy(np.pad(volume.volume.astype(np.float32), half))
+        self.head_mask = volume.head_mask
+        self.head_indices = np.flatnonzero(volume.head_mask)
+
+
+def sample_centres(volume: _PaddedVolume, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` voxel indices (n, 3) drawn uniformly (with replacement) over the head mask."""
+    flat = volume.head_indices[rng.integers(0, len(volume.head_indices), size=count)]
+    return np.stack(np.unravel_index(flat, volume.shape), axis=1)
+
+
+def extract_patches(padded: torch.Tensor, centres: np.ndarray, size: int) -> torch.Tensor:
+    """(n, 1, s, s, s) patches centred on ``centres`` of a volume padded by s // 2."""
+    offsets = torch.arange(size)
+    starts = torch.as_tensor(centres, dtype=torch.long)
+    z = (starts[:, 0, None] + offsets)[:, :, None, None]
+    y = (starts[:, 1, None] + offsets)[:, None, :, None]
+    x = (starts[:, 2, None] + offsets)[:, None, None, :]
+    return padded[z, y, x][:, None]
+
+
+def sampled_batch(volume: _PaddedVolume, count: int, size: int,
+                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches and their normalised positions (n, 3, 1, 1, 1)."""
+    centres = sample_centres(volume, count, rng)
+    targets = normalised_positions(torch.from_numpy(centres), volume.shape)
+    return extract_patches(volume.padded, centres, size), targets[:, :, None, None, None]
+
+
+def dense_crop(volume: _PaddedVolume, crop: int, size: int,
+               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One crop around a random head voxel: input (1, 1, crop + s - 1, ...), the positions of its
+    stride-4 outputs (1, 3, crop/4, ...) and their weights (1 inside the head, 0 outside)."""
+    centre = sample_centres(volume, 1, rng)[0]
+    starts = [int(np.clip(c - crop // 2, 0, max(n - crop, 0))) for c, n in zip(centre, volume.shape)]
+    reads = tuple(slice(s, s + crop + size - 1) for s in starts)
+    block = volume.padded[reads]
+    # Near the far edge of a small grid the read can be short: pad with background.
+    missing = [crop + size - 1 - n for n in block.shape]
+    if any(missing):
+        block = torch.nn.functional.pad(block, (0, missing[2], 0, missing[1], 0, missing[0]))
+    axes = [s + 4 * np.arange(crop // 4) for s in starts]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=0)  # (3, c, c, c) centre indices
+    inside = np.all(grid < np.asarray(volume.shape)[:, None, None, None], axis=0)
+    clipped = np.minimum(grid, (np.asarray(volume.shape) - 1)[:, None, None, None])
+    weights = volume.head_mask[tuple(clipped)] & inside
+    sizes = torch.tensor(volume.shape, dtype=torch.float32)[:, None, None, None]
+    targets = (torch.from_numpy(grid).float() + 0.5) / sizes
+    return block[None, None], targets[None], torch.from_numpy(weights)[None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """A fixed sample of patch centres over the validation volumes (same every evaluation)."""
+
+    volumes: tuple[_PaddedVolume, ...]
+    centres: tuple[np.ndarray, ...]
+
+    @classmethod
+    def sample(cls, volumes: Sequence[_PaddedVolume], total: int, seed: int) -> "ValidationSet":
+        rng = np.random.default_rng([seed, 7919])  # its own stream: training draws do not move it
+        per_volume = max(1, math.ceil(total / max(len(volumes), 1)))
+        return cls(tuple(volumes), tuple(sample_centres(v, per_volume, rng) for v in volumes))
+
+    def loss(self, net: PPRNet, device: torch.device, batch: int = 256) -> float | None:
+        if not self.volumes:
+            return None
+        total, count = 0.0, 0
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            for volume, centres in zip(self.volumes, self.centres):
+                for first in range(0, len(centres), batch):
+                    chunk = centres[first:first + batch]
+                    patches = extract_patches(volume.padded, chunk, net.patch_size).to(device)
+                    targets = normalised_positions(torch.from_numpy(chunk), volume.shape).to(device)
+                    predicted = net(patches).float().reshape(-1, 3)
+                    total += float(torch.linalg.vector_norm(predicted - targets, dim=1).sum())
+                    count += len(chunk)
+        net.train(was_training)
+        return total / count
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class _State:
+    step: int = 0
+    seconds: float = 0.0
+    patches: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _checkpoint(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, state: _State,
+                rng: np.random.Generator, config: TrainConfig, names: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save({"network": net.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
+                "seconds": state.seconds, "patches": state.patches, "log": state.log,
+                "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                "config": config.to_dict(), "cases": names}, partial)
+    partial.replace(path)  # never leave a half-written checkpoint under the real name
+
+
+def _restore(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+             config: TrainConfig, names: list[str]) -> _State:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable checkpoint means the same to the user
+        raise PPRError(f"The checkpoint {path} cannot be read ({error}): delete it to start afresh.") from None
+    before = TrainConfig.from_dict(saved["config"])
+    for key in ("m", "patch_size", "mode", "batch", "crop", "crops", "lr", "seed"):
+        if getattr(before, key) != getattr(config, key):
+            raise PPRError(f"The checkpoint {path} was trained with {key}={getattr(before, key)!r}, not "
+                           f"{getattr(config, key)!r}: resume with the same settings or start afresh.")
+    if saved["cases"] != names:
+        raise PPRError(f"The checkpoint {path} was trained on other scans: resume with the same scans or "
+                       "start afresh.")
+    net.load_state_dict(saved["network"])
+    optimizer.load_state_dict(saved["optimizer"])
+    rng.bit_generator.state = json.loads(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    return _State(saved["step"], saved["seconds"], saved["patches"], list(saved["log"]))
+
+
+def _step_loss(net: PPRNet, volumes: Sequence[_PaddedVolume], config: TrainConfig,
+               rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Loss of one step and the number of patches (positions) it used."""
+    if config.mode == "sampled":
+        volume = volumes[int(rng.integers(len(volumes)))]
+        patches, targets = sampled_batch(volume, config.batch, config.patch_size, rng)
+        with autocast_context(device, config.autocast):
+            predicted = net(patches.to(device))
+        return position_loss(predicted, targets.to(device)), len(patches)
+    blocks, targets, weights = [], [], []
+    for _ in range(config.crops):
+        volume = volumes[int(rng.integers(len(volumes)))]
+        block, target, weight = dense_crop(volume, config.crop, config.patch_size, rng)
+        blocks.append(block)
+        targets.append(target)
+        weights.append(weight)
+    weight = torch.cat(weights).to(device)
+    with autocast_context(device, config.autocast):
+        predicted = net(torch.cat(blocks).to(device))
+    return position_loss(predicted, torch.cat(targets).to(device), weight), int(weight.sum())
+
+
+def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
+          validation: Sequence[TrainingVolume] = (), checkpoint: Path | None = None,
+          resume: bool = False, progress: ProgressFn | None = None,
+          network: PPRNet | None = None) -> TrainingResult:
+    """Train a network on model-space volumes; returns it with its per-step log.
+
+    The log has one record per step: step (from 1), loss, seconds (of training steps so far, validation excluded) and,
+    every ``val_every`` steps and at the end, val_loss (None without validation volumes).
+    """
+    if not volumes:
+        raise PPRError("No training scans were given: train on at least one healthy head CT.")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    net = (network or PPRNet(config.m, config.patch_size)).to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    half = net.patch_size // 2
+    padded = [_PaddedVolume(v, half) for v in volumes]
+    names = [v.name for v in volumes]
+    validation_set = ValidationSet.sample([_PaddedVolume(v, half) for v in validation],
+                                          config.val_patches, config.seed)
+    state = _State()
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        state = _restore(Path(checkpoint), net, optimizer, rng, config, names)
+    limit_s = None if config.max_minutes is None else config.max_minutes * 60.0
+    last_checkpoint = time.perf_counter()
+
+    def finished() -> bool:
+        return ((config.steps is not None and state.step >= config.steps)
+                or (limit_s is not None and state.seconds >= limit_s))
+
+    while not finished():
+        # The clock counts training steps only: validation time would penalise the mode that
+        # validates more often per minute when modes are compared by learning per second.
+        step_started = time.perf_counter()
+        loss, used = _step_loss(net, padded, config, rng, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        state.step += 1
+        state.patches += used
+        state.seconds += time.perf_counter() - step_started
+        record: dict[str, Any] = {"step": state.step, "loss": float(loss.detach()), "seconds": round(state.seconds, 3)}
+        if state.step % config.val_every == 0 or finished():
+            record["val_loss"] = validation_set.loss(net, device)
+        state.log.append(record)
+        if progress is not None:
+            progress(_fraction(state, config, limit_s), _progress_message(state, record, config, limit_s))
+        if checkpoint is not None and time.perf_counter() - last_checkpoint > config.checkpoint_minutes * 60:
+            _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names)
+            last_checkpoint = time.perf_counter()
+    if state.log and "val_loss" not in state.log[-1]:
+        state.log[-1]["val_loss"] = validation_set.loss(net, device)  # resumed at the very end
+    if checkpoint is not None:
+        _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names)
+    final_val = next((r["val_loss"] for r in reversed(state.log) if r.get("val_loss") is not None), None)
+    return TrainingResult(
+        network=net, log=state.log, steps=state.step, seconds=state.seconds,
+        patches_per_second=state.patches / state.seconds if state.seconds > 0 else 0.0,
+        final_loss=_recent_mean(state.log), final_val_loss=final_val, device=str(device))
+
+
+def _recent_mean(log: list[dict[str, Any]]) -> float | None:
+    """Mean loss of the last 10 % of steps (one step is noisy)."""
+    if not log:
+        return None
+    recent = log[-max(1, len(log) // 10):]
+    return float(np.mean([r["loss"] for r in recent]))
+
+
+def _fraction(state: _State, config: TrainConfig, limit_s: float | None) -> float:
+    parts = []
+    if config.steps is not None:
+        parts.append(state.step / config.steps)
+    if limit_s is not None:
+        parts.append(state.seconds / limit_s)
+    return min(1.0, max(parts))
+
+
+def _progress_message(state: _State, record: dict[str, Any], config: TrainConfig,
+                      limit_s: float | None) -> str:
+    fraction = _fraction(state, config, limit_s)
+    eta = state.seconds * (1 - fraction) / fraction if fraction > 0 else float("nan")
+    val = record.get("val_loss")
+    val_text = f" val {val:.5f}" if val is not None else ""
+    rate = state.patches / state.seconds if state.seconds > 0 else 0.0
+    return (f"step {state.step} loss {record['loss']:.5f}{val_text} patches/s {rate:.0f} "
+            f"ETA {eta:.0f}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# From scan files to a model bundle
+
+
+TRAINING_LOG = "training_log.json"
+
+
+def default_cache_dir(out: Path) -> Path:
+    """Preprocessed volumes and the checkpoint live beside the bundle: <out>.cache/."""
+    out = Path(out)
+    return out.parent / f"{out.name}.cache"
+
+
+def write_training_log(path: Path, result_log: list[dict[str, Any]], config: TrainConfig,
+                       cases: list[str], validation_cases: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"config": config.to_dict(), "cases": cases, "validation_cases": validation_cases,
+               "steps": result_log}
+    path.write_text(json.dumps(content) + "\n")
+    return path
+
+
+def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig, config: TrainConfig,
+                 reference_image: Path | None = None, validation_images: Sequence[Path] = (),
+                 cache_dir: Path | None = None, resume: bool = False,
+                 progress: ProgressFn | None = None) -> tuple[Path, TrainingResult]:
+    """Preprocess (cached), train, and write the model bundle with its training_log.json.
+
+    The reference is ``reference_image`` or else the first training image. Progress: 0-0.1
+    preprocessing, 0.1-0.98 training, then saving.
+    """
+    from ppr.bundle import save_bundle
+    from ppr.imageio import read_image
+    from ppr.preprocess import prepare_reference
+
+    report = progress or (lambda fraction, message: None)
+    images = [Path(p) for p in images]
+    if not images:
+        raise PPRError("No training scans were given: train on at least one healthy head CT.")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(out)
+    reference_path = Path(reference_image) if reference_image is not None else images[0]
+    report(0.0, f"preparing the reference {reference_path.name}")
+    reference = prepare_reference(read_image(reference_path), preprocess)
+    everything = [*images, *validation_images]
+    prepared = prepare_volumes(everything, reference, preprocess, cache_dir / "volumes",
+                               lambda f, m: report(0.1 * f, m))
+    volumes, validation = prepared[:len(images)], prepared[len(images):]
+    result = train(volumes, config, validation, checkpoint=cache_dir / "checkpoint.pt", resume=resume,
+                   progress=lambda f, m: report(0.1 + 0.88 * f, m))
+    report(0.98, "writing the model bundle")
+    cases = [v.name for v in volumes]
+    validation_cases = [v.name for v in validation]
+    log_path = write_training_log(cache_dir / TRAINING_LOG, result.log, config, cases, validation_cases)
+    summary = {
+        "cases": cases, "case_count": len(cases), "validation_cases": validation_cases,
+        "reference": case_name(reference_path), "steps": result.steps, "seconds": round(result.seconds, 1),
+        "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
+        "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
+        "config": config.to_dict(),
+    }
+    path = save_bundle(out, result.network, preprocess, reference, summary, {TRAINING_LOG: log_path})
+    report(1.0, f"model bundle written to {path}")
+    return path, result
