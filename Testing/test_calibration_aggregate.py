@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ppr.calibration import Aggregation, aggregate, region_scores
+from ppr.calibration import Aggregation, aggregate
+from ppr.scores import region_scores
 
 
 def test_each_aggregate_on_known_values() -> None:
@@ -44,19 +45,22 @@ def test_bad_methods_and_parameters_are_refused() -> None:
         aggregate(np.ones(3), "top_k_mean", k=0)
 
 
-def test_region_scores_use_only_each_region() -> None:
+def test_any_configured_aggregation_scores_regions_inside_the_head() -> None:
+    # ppr.scores.region_scores (shared with the detection) takes an Aggregation as its aggregate
     score_map = np.zeros((4, 4, 4))
     score_map[:, :, :2] = 1.0
     score_map[0, 0, 3] = 9.0
+    score_map[3, 3, 3] = 50.0  # outside this scan's head: must not count
+    head = np.ones_like(score_map, bool)
+    head[3, 3, 3] = False
     left = np.zeros_like(score_map, bool)
     left[:, :, :2] = True
-    right = ~left
-    scores = region_scores(score_map, {"left_hemisphere": left, "right_hemisphere": right}, Aggregation("max"))
-    assert scores == {"left_hemisphere": 1.0, "right_hemisphere": 9.0}
-    means = region_scores(score_map, {"right_hemisphere": right}, Aggregation("top_k_mean", k=2))
-    assert means["right_hemisphere"] == 4.5
-    with pytest.raises(ValueError, match="shape"):
-        region_scores(score_map, {"skull": np.ones((2, 2, 2), bool)})
+    regions = {"left_hemisphere": left, "right_hemisphere": ~left}
+    assert region_scores(score_map, regions, head, Aggregation("max")) == {
+        "left_hemisphere": 1.0, "right_hemisphere": 9.0}
+    assert region_scores(score_map, {"right_hemisphere": ~left}, head, Aggregation("top_k_mean", k=2)) == {
+        "right_hemisphere": 4.5}
+    assert region_scores(score_map, {"left_hemisphere": left}, head, Aggregation("mean")) == {"left_hemisphere": 1.0}
 
 
 def test_aggregation_describes_itself() -> None:

@@ -45,9 +45,10 @@ def direct_error_mm(net: PPRNet, volume: np.ndarray, voxels: np.ndarray) -> np.n
     return np.array(errors)
 
 
-@pytest.mark.parametrize("shape, tile", [((21, 26, 17), 8), ((33, 20, 28), 12), ((19, 19, 19), 4)])
+@pytest.mark.parametrize("shape, tile", [((21, 26, 17), 8), ((27, 20, 22), 12)])
 def test_dense_equals_patches_at_every_head_voxel_across_tile_borders(net, shape, tile) -> None:
-    volume, head = random_case(shape, seed=sum(shape))
+    # A sparse head keeps the patch path (one forward pass per voxel) fast; dense still runs tiles.
+    volume, head = random_case(shape, seed=sum(shape), fill=0.04)
     dense = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", 1, "cpu", tile))
     patches = error_map(volume, head, net, SPACING_MM, InferenceOptions("patches", 1, "cpu", tile, batch=300))
     scale = max(shape) * SPACING_MM  # 1e-4 in normalised position units
@@ -59,18 +60,17 @@ def test_dense_equals_patches_at_every_head_voxel_across_tile_borders(net, shape
 def test_error_map_is_the_definition_voxel_by_voxel(net) -> None:
     volume, head = random_case((23, 18, 20), seed=5)
     dense = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", 1, "cpu", 8))
-    voxels = np.argwhere(head)[::97]
+    voxels = np.argwhere(head)[::301]
     assert np.allclose(dense[tuple(voxels.T)], direct_error_mm(net, volume, voxels), atol=1e-4 * 23 * SPACING_MM)
 
 
-@pytest.mark.parametrize("stride", [2, 4])
-@pytest.mark.parametrize("tile", [8, 16])
+@pytest.mark.parametrize("stride, tile", [(2, 8), (4, 16)])
 def test_strided_map_is_exact_on_its_grid_and_dense_equals_patches(net, stride, tile) -> None:
-    volume, head = random_case((26, 21, 30), seed=stride + tile)
+    volume, head = random_case((18, 21, 17), seed=stride + tile, fill=0.3)
     full = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", 1, "cpu", 8))
     dense = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", stride, "cpu", tile))
     patches = error_map(volume, head, net, SPACING_MM, InferenceOptions("patches", stride, "cpu", tile))
-    tolerance = 1e-4 * 30 * SPACING_MM
+    tolerance = 1e-4 * 21 * SPACING_MM
     assert np.abs(dense - patches).max() <= tolerance
     on_grid = np.zeros_like(head)
     on_grid[::stride, ::stride, ::stride] = True
@@ -79,7 +79,7 @@ def test_strided_map_is_exact_on_its_grid_and_dense_equals_patches(net, stride, 
 
 
 def test_strided_map_between_grid_points_is_trilinear(net) -> None:
-    volume, head = random_case((24, 24, 24), seed=11, fill=1.0)
+    volume, head = random_case((20, 20, 20), seed=11, fill=1.0)
     head[:] = True
     full = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", 1, "cpu", 8))
     preview = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", 4, "cpu", 8))
@@ -92,14 +92,14 @@ def test_strided_map_between_grid_points_is_trilinear(net) -> None:
 
 def test_skipped_tiles_do_not_change_the_head_voxels_next_to_them(net) -> None:
     """Interpolation near a tile whose own voxels are all outside the head must still be right."""
-    volume, _ = random_case((32, 32, 32), seed=2)
+    volume, _ = random_case((24, 24, 24), seed=2)
     head = np.zeros(volume.shape, dtype=bool)
-    head[5:15, 3:16, 9:16] = True  # ends just before the tile border at 16
+    head[5:12, 3:8, 1:8] = True  # ends just before the tile border at 8
     everywhere = np.ones_like(head)
     for stride in (2, 4):
-        skipping = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", stride, "cpu", 16))
-        complete = error_map(volume, everywhere, net, SPACING_MM, InferenceOptions("dense", stride, "cpu", 16))
-        assert np.abs(skipping - complete * head).max() <= 1e-4 * 32 * SPACING_MM
+        skipping = error_map(volume, head, net, SPACING_MM, InferenceOptions("dense", stride, "cpu", 8))
+        complete = error_map(volume, everywhere, net, SPACING_MM, InferenceOptions("dense", stride, "cpu", 8))
+        assert np.abs(skipping - complete * head).max() <= 1e-4 * 24 * SPACING_MM
 
 
 def test_space_to_batch_fills_every_position_of_a_tile(net) -> None:

@@ -3,6 +3,13 @@ and (with the real ``ppr detect`` and a model bundle) the scores the core comput
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import slicer
@@ -11,11 +18,17 @@ from scipy import ndimage
 from vtk.util import numpy_support
 
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
+from PositionRegressionADLib.process import ChildProcess
+from PositionRegressionADLib.report import REGION_LABELS, table_row
 from PositionRegressionADLib.scene_io import SceneContext, load_volume
 from PositionRegressionADLib.skull_surface import bone_threshold
 from PositionRegressionADLib.testing import InProcessFakeDetection, volume_fingerprint
 
 CASE = "ctich_054"  # no finding
+
+
+def lps_to_ras(point) -> np.ndarray:
+    return np.array([-point[0], -point[1], point[2]], dtype=float)
 
 
 def _ijk_to_ras(node) -> np.ndarray:
@@ -56,3 +69,88 @@ def test_results_on_a_real_scan_keep_its_geometry_and_the_skull_surface_lies_on_
     assert np.percentile(distances, 80) < 2.0
     assert np.median(distances) < 0.5
     assert volume_fingerprint(volume) == fingerprint
+
+
+# ------------------------------------------------------------------------------------------------
+# With the real detector (``python -m ppr detect`` in a child process) and a tiny untrained bundle:
+# the numbers mean nothing about anomalies, but they are the core's, and they must arrive unchanged.
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, dev_data_dir) -> Path:
+    torch = pytest.importorskip("torch")
+    from ppr.bundle import save_bundle
+    from ppr.config import PreprocessConfig
+    from ppr.imageio import read_image
+    from ppr.network import PPRNet
+    from ppr.preprocess import prepare_reference
+
+    config = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
+    reference = prepare_reference(read_image(dev_data_dir / "ctich_054.nii.gz"), config)
+    torch.manual_seed(0)
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny", PPRNet(m=2, patch_size=29), config, reference,
+                       {"note": "untrained, for tests only"})
+
+
+class RecordingChildProcess:
+    """Launches real child processes and keeps them, to read the JSON the core printed."""
+
+    def __init__(self) -> None:
+        self.processes: list[ChildProcess] = []
+
+    def __call__(self, command, env):
+        self.processes.append(ChildProcess(command, env))
+        return self.processes[-1]
+
+
+@pytest.mark.slow
+def test_real_detection_puts_the_cores_numbers_in_the_scene(dev_data_dir, tiny_bundle, tmp_path):
+    context = SceneContext.create(tmp_path / "cache")
+    volume = load_volume(context, dev_data_dir / "ctich_051.nii.gz")
+    fingerprint = volume_fingerprint(volume)
+    launcher = RecordingChildProcess()
+    work = tmp_path / "work"
+    work.mkdir()
+    updates = []
+
+    results = DetectionLogic(context.scene, launcher=launcher, work_dir=work).detect(
+        volume, DetectionOptions(model_path=tiny_bundle, device="cpu", stride=4), on_progress=updates.append)
+    report = json.loads(launcher.processes[0].outcome().stdout.splitlines()[-1])
+
+    np.testing.assert_array_equal(_ijk_to_ras(results.error_map), _ijk_to_ras(volume))
+    errors = slicer.util.arrayFromVolume(results.error_map)
+    # The core's summary is over the model-space map; resampling it onto the input cannot exceed its max.
+    assert 0.5 * report["error_mm"]["max"] < errors.max() <= report["error_mm"]["max"] + 1e-3
+    np.testing.assert_allclose(results.max_error_ras, lps_to_ras(report["max_error_lps"]), atol=1e-3)
+    row = table_row(results.scores)
+    for region, label in REGION_LABELS.items():
+        assert row[label] == report["regions"][region], label
+    for key in ("max", "p99", "mean"):
+        assert row[f"Error {key} (mm)"] == report["error_mm"][key]
+    assert (row["Stride"], row["Method"], row["Device"], row["Model"]) == (4, "dense", "cpu", "tiny")
+    assert row["Region score"] == report["aggregate"] == "p99"
+    assert row["Seconds"] == report["seconds"]
+    assert row["Registration metric"] == report["registration_metric"]
+    assert "computing the error map" in [update.message for update in updates]
+    assert results.error_map.GetDisplayNode().GetLowerThreshold() == pytest.approx(
+        np.percentile(errors[errors > 0], 98.0))
+    assert volume_fingerprint(volume) == fingerprint
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_real_batch_reports_the_cores_refusal_of_a_single_slice(tiny_bundle, tmp_path, repo_root):
+    spec = importlib.util.find_spec("data_store")
+    if spec is None or spec.origin is None:
+        pytest.skip("pydicom-data is not installed")
+    single_slice = Path(spec.origin).parent / "data" / "693_UNCR.dcm"
+    result = subprocess.run([sys.executable, str(repo_root / "PositionRegressionAD" / "batch.py"), "--",
+                             "--input", str(single_slice), "--output", str(tmp_path / "out"),
+                             "--model", str(tiny_bundle), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    with (tmp_path / "out" / "scores.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["Scan"], row["Status"]) for row in rows] == [("693_UNCR", "failed")]
+    assert "single slice" in rows[0]["Reason"] and "3D head CT" in rows[0]["Reason"]
+    assert "0 of 1 scans done" in result.stderr

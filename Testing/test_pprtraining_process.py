@@ -202,3 +202,16 @@ def test_progress_json_result_is_only_a_json_object(fake_trainer: Path, tmp_path
     assert TrainingRun([sys.executable, str(script)]).wait().result is None
     script.write_text("print(" + repr(json.dumps({"ok": 1})) + ")\n")
     assert TrainingRun([sys.executable, str(script)]).wait().result == {"ok": 1}
+
+
+def test_request_arguments_are_what_ppr_train_accepts() -> None:
+    from ppr.__main__ import COMMANDS, build_parser
+
+    request = TrainingRequest(
+        images=(Path("a.nii.gz"), Path("b.nii.gz")), bundle=Path("models/m"),
+        validation_images=(Path("v.nii.gz"),), extra_args=("--max-minutes", "30", "--m", "8"),
+    )
+    args = build_parser({"train": COMMANDS["train"]}).parse_args(request.ppr_train_args())
+    assert args.images == [Path("a.nii.gz"), Path("b.nii.gz")] and args.out == Path("models/m")
+    assert args.val == [Path("v.nii.gz")] and args.progress is True
+    assert (args.max_minutes, args.m) == (30.0, 8)

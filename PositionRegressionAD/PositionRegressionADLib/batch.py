@@ -7,7 +7,7 @@ or inside Slicer: ``Slicer --no-main-window --python-script <module dir>/batch.p
 
 Per scan, in ``OUTPUT/<scan>/``: ``error_map.nii.gz`` (input's grid), ``skull_surface.vtk`` (LPS, error
 per point), with ``--scene`` ``scene.mrb``, with ``--screenshots`` slice and surface PNGs; and one row
-in ``OUTPUT/scores.csv`` (region scores, seconds, status). A scan that fails gets its reason in its
+in ``OUTPUT/scores.csv`` (region scores, the detector's seconds and the scan's total seconds, status). A scan that fails gets its reason in its
 row and the batch goes on. Each scan gets a fresh scene, so memory does not grow with the batch.
 
 Exit code: 0 all scans done, 1 some failed (see scores.csv), 2 nothing could start (message on stderr).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ from ppr.errors import InputImageError, PPRError
 
 SCORES_FILE_NAME = "scores.csv"
 FIRST_COLUMNS = ["Scan", "Status", "Reason"]
-LAST_COLUMNS = ["Error map", "Skull surface", "Input"]
+LAST_COLUMNS = ["Total seconds", "Error map", "Skull surface", "Input"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,9 +160,13 @@ def process_scan(path: Path, settings: BatchSettings, on_progress) -> dict[str, 
 def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
     """Rewrite scores.csv with every row so far (the columns are the union of all rows)."""
     middle: list[str] = []
-    for row in rows:
+    # Columns of done scans first, so a failure before the first success does not reorder them.
+    for row in sorted(rows, key=lambda row: row.get("Status") != "ok"):
         middle += [key for key in row if key not in FIRST_COLUMNS + LAST_COLUMNS + middle]
     columns = FIRST_COLUMNS + middle + LAST_COLUMNS
+    # A region that misses the scan has no score (NaN in the table): an empty cell, not "nan".
+    rows = [{key: "" if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
+            for row in rows]
     temporary = path.with_suffix(".csv.part")
     with temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -186,7 +191,8 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO = sys.s
         except Exception as error:  # an unexpected failure of one scan must not stop the others
             row = {"Scan": name, "Status": "failed", "Reason": f"internal error: {error!r}"}
         row["Input"] = str(path.resolve())
-        row.setdefault("Seconds", round(time.monotonic() - started, 3))
+        # "Seconds" is the detector's own time; this is the scan's whole time (export, results, files).
+        row["Total seconds"] = round(time.monotonic() - started, 3)
         rows.append(row)
         write_scores(settings.output_dir / SCORES_FILE_NAME, rows)
         bar.done(index, name, row["Status"] if row["Status"] == "ok" else f"failed: {row['Reason']}")

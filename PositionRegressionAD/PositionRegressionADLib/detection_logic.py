@@ -77,8 +77,8 @@ def check_model_path(path: Path) -> Path:
     if not path.exists():
         hint = ("The default model ships with the extension: reinstall the extension, or"
                 if path == DEFAULT_MODEL_PATH else "Check the path, or")
-        raise BundleError(f"No model bundle was found at {path}. {hint} choose a model bundle with --model "
-                          "(in Slicer: Model > Load from disk).")
+        raise BundleError(f"No model bundle was found at {path}. {hint} choose another model bundle "
+                          "(batch: --model BUNDLE; in Slicer: untick 'Use the bundled model').")
     return path
 
 
@@ -216,7 +216,8 @@ class DetectionLogic:
                 time.sleep(poll_seconds)
             for update in run.take_progress():
                 report(update)
-            report(Progress(1.0, "Adding the results to the scene"))
+            if run.process.poll() == 0:
+                report(Progress(1.0, "Adding the results to the scene"))
             return self.finish(run)
         except BaseException:
             # Ctrl+C or a failing callback must not leave the child running.

@@ -120,14 +120,16 @@ def _ras_to_pixel(slice_node: slicer.vtkMRMLSliceNode, point_ras: tuple[float, f
     return int(round(height - 1 - y)), int(round(x))
 
 
-def _draw_marker(rgb: np.ndarray, pixel: tuple[int, int], gap: int = 8, arm: int = 10) -> None:
-    """A cross with an open centre, so it points at the spot without covering it."""
+def _draw_marker(rgb: np.ndarray, pixel: tuple[int, int], gap: int = 8, arm: int = 14) -> None:
+    """A 2-pixel-wide cross with an open centre, so it points at the spot without covering it."""
     row, col = pixel
     height, width, _ = rgb.shape
     for offset in range(gap, gap + arm):
-        for r, c in ((row - offset, col), (row + offset, col), (row, col - offset), (row, col + offset)):
-            if 0 <= r < height and 0 <= c < width:
-                rgb[r, c] = MARKER_RGB
+        for side in (0, 1):
+            for r, c in ((row - offset, col + side), (row + offset, col + side),
+                         (row + side, col - offset), (row + side, col + offset)):
+                if 0 <= r < height and 0 <= c < width:
+                    rgb[r, c] = MARKER_RGB
 
 
 def slice_pixel_of(context: SceneContext, background: slicer.vtkMRMLVolumeNode, orientation: str,

@@ -8,6 +8,7 @@ are the detector's, copied as they are.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import slicer
@@ -40,6 +41,7 @@ class DetectionReport:
     max_error_lps: tuple[float, float, float]
     registration_metric: float
     error_mm: dict[str, float] = field(default_factory=dict)
+    aggregate: str = ""
 
     @classmethod
     def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
@@ -49,7 +51,8 @@ class DetectionReport:
                        regions=_flatten_numbers(data["regions"]),
                        max_error_lps=tuple(float(v) for v in data["max_error_lps"]),
                        registration_metric=float(data["registration_metric"]),
-                       error_mm=_flatten_numbers(data.get("error_mm", {})))
+                       error_mm=_flatten_numbers(data.get("error_mm", {})),
+                       aggregate=str(data.get("aggregate", "")))
         except (KeyError, TypeError, ValueError) as error:
             raise ResultImportError(
                 f"The detection finished but its report is incomplete ({error!r}). "
@@ -66,40 +69,49 @@ class DetectionReport:
 
 
 def _flatten_numbers(value: object, prefix: str = "") -> dict[str, float]:
-    """``{"head": {"p99": 3}}`` -> ``{"head.p99": 3.0}``; a bare number -> ``{prefix: value}``."""
+    """``{"head": {"p99": 3}}`` -> ``{"head.p99": 3.0}``; a bare number -> ``{prefix: value}``.
+
+    ``None`` (a region that misses the scan) becomes NaN: a number the table can hold, read "no score".
+    """
     if isinstance(value, dict):
         flat: dict[str, float] = {}
         for key, item in value.items():
             flat.update(_flatten_numbers(item, f"{prefix}.{key}" if prefix else str(key)))
         return flat
-    return {prefix or "value": float(value)}
+    return {prefix or "value": math.nan if value is None else float(value)}
 
 
 def build_scores_table(report: DetectionReport, name: str) -> slicer.vtkMRMLTableNode:
-    """One row: each region score, the run's maximum error and how the run was made."""
+    """One row: each region score, the error summary, and how the run was made."""
     table = slicer.vtkMRMLTableNode()
     table.SetName(name)
+    how = f"{report.aggregate} of the" if report.aggregate else "Aggregate of the"
     for label, value in report.score_columns().items():
-        _add_column(table, vtk.vtkDoubleArray(), label, value, "Anomaly score of the region")
+        _add_column(table, vtk.vtkDoubleArray(), label, value,
+                    f"{how} position error in the region, mm (empty: the region misses the scan)", "mm")
     for key, value in report.error_mm.items():
         label = "Error (mm)" if key == "value" else f"Error {key} (mm)"
-        _add_column(table, vtk.vtkDoubleArray(), label, value, "Position error of the scan, millimetres")
+        _add_column(table, vtk.vtkDoubleArray(), label, value, f"{key} of the position error over the head", "mm")
+    if report.aggregate:
+        _add_column(table, vtk.vtkStringArray(), "Region score", report.aggregate, "How region scores aggregate the error")
     _add_column(table, vtk.vtkStringArray(), "Model", report.model, "Model bundle used")
     _add_column(table, vtk.vtkStringArray(), "Device", report.device, "Device the network ran on")
     _add_column(table, vtk.vtkIntArray(), "Stride", report.stride, "Error map computed every this many voxels")
     _add_column(table, vtk.vtkStringArray(), "Method", report.method, "Inference method")
-    _add_column(table, vtk.vtkDoubleArray(), "Seconds", report.seconds, "Time of the detection")
+    _add_column(table, vtk.vtkDoubleArray(), "Seconds", report.seconds, "Time of the detection", "s")
     _add_column(table, vtk.vtkDoubleArray(), "Registration metric", report.registration_metric,
                 "Quality of the alignment with the reference head (higher is better)")
     return table
 
 
 def _add_column(table: slicer.vtkMRMLTableNode, column: vtk.vtkAbstractArray, name: str, value: object,
-                description: str) -> None:
+                description: str, unit: str = "") -> None:
     column.SetName(name)
     column.InsertNextValue(value)
     table.AddColumn(column)
     table.SetColumnDescription(name, description)
+    if unit:
+        table.SetColumnUnitLabel(name, unit)
 
 
 def table_row(table: slicer.vtkMRMLTableNode, row: int = 0) -> dict[str, object]:

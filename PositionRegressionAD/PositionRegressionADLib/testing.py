@@ -186,8 +186,10 @@ def _fake_report(image, errors, args: argparse.Namespace, seconds: float) -> dic
     k, j, i = np.unravel_index(int(np.argmax(error_values)), error_values.shape)
     return {
         "seconds": round(seconds, 3), "device": "cpu" if args.device == "auto" else args.device,
-        "stride": args.stride, "method": "fake", "output": str(Path(args.out).resolve()),
-        "error_mm": {"max": float(error_values.max()), "mean": float(error_values[head].mean())},
+        "stride": args.stride, "method": "fake", "aggregate": "mean", "output": str(Path(args.out).resolve()),
+        "model": args.model,
+        "error_mm": {"max": float(error_values.max()), "p99": float(np.percentile(error_values[head], 99)),
+                     "mean": float(error_values[head].mean())},
         "regions": {
             "left_hemisphere": float(error_values[head & left].mean()),
             "right_hemisphere": float(error_values[head & ~left].mean()),

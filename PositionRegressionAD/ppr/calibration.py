@@ -6,11 +6,14 @@ What it does:
   varies (robust spread: MAD * 1.4826, floored). ``z_map`` turns a new error map into a z-map
   ``(error - median) / spread``: "how unusual is this error *here*", which removes the large healthy
   error in places the network always finds hard (see DESIGN.md: ~30 mm mean healthy error).
-- ``aggregate`` reduces the values of a map inside one region mask to one region score (max,
-  percentile, mean of the top k, mean).
+- ``aggregate`` / ``Aggregation`` reduce the values of a map inside one region to one region score
+  (max, percentile, mean of the top k, mean); ``ppr.scores.region_scores`` applies them per region
+  for the detection and the evaluation alike.
+- ``calibrate_bundle``: detection on held-out healthy scans, statistics written into the bundle.
 
-What it does not: run the network, build region masks, or touch files other than ``calibration.npz``
-(the bundle's checksums are refreshed through ``ppr.bundle`` by ``cli_calibrate``).
+What it does not: build region masks or write any bundle file but ``calibration.npz`` (the bundle's
+checksums are refreshed with ``ppr.bundle.write_checksums``); the network runs only through
+``ppr.detection`` inside ``calibrate_bundle``.
 
 Why a reduced resolution. With the few healthy scans a user has (10-30), a per-voxel median over
 scans alone is noise. The statistics are therefore estimated on a coarse grid (one coarse voxel per
@@ -32,17 +35,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.ndimage
+import SimpleITK as sitk
 
 from ppr.errors import BundleError, PPRError
 
-CALIBRATION_FILENAME = "calibration.npz"
 CALIBRATION_FORMAT_VERSION = 1
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 MIN_SCANS = 3
@@ -192,10 +195,19 @@ def fit_calibration(
     background errors say nothing about anatomy and would otherwise leak into the head's edge.
     NaN voxels (not computed) are ignored.
     """
+    scans = zip(error_maps_mm, head_masks) if head_masks is not None else ((m, None) for m in error_maps_mm)
+    return fit_calibration_scans(scans, case_names, config)
+
+
+def fit_calibration_scans(
+    scans: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    case_names: Iterable[str],
+    config: CalibrationConfig = CalibrationConfig(),
+) -> Calibration:
+    """``fit_calibration`` over (error map, head mask or None) pairs, e.g. from a generator."""
     names = tuple(case_names)
-    masks_iter = iter(head_masks) if head_masks is not None else None
     samples, grid_shape = [], None
-    for error_map in error_maps_mm:
+    for error_map, head_mask in scans:
         error_map = np.asarray(error_map)
         if error_map.ndim != 3:
             raise PPRError(f"A calibration error map must be 3D, got shape {error_map.shape}.")
@@ -207,8 +219,8 @@ def fit_calibration(
                 "use one model bundle for all calibration scans."
             )
         scan_samples = block_samples(error_map, config)
-        if masks_iter is not None:
-            scan_samples[block_samples(np.asarray(next(masks_iter), np.float32), config) < 0.5] = np.nan
+        if head_mask is not None:
+            scan_samples[block_samples(np.asarray(head_mask, np.float32), config) < 0.5] = np.nan
         samples.append(scan_samples)
     if len(samples) < MIN_SCANS:
         raise PPRError(
@@ -395,14 +407,84 @@ class Aggregation:
         return f"{self.method}" + "".join(f" {key}={value:g}" for key, value in self.params.items())
 
 
-def region_scores(
-    score_map: np.ndarray, region_masks: Mapping[str, np.ndarray], aggregation: Aggregation = Aggregation()
-) -> dict[str, float]:
-    """Aggregate a model-space map (error in mm or z) inside each region mask of the same shape."""
-    scores = {}
-    for name, mask in region_masks.items():
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != score_map.shape:
-            raise ValueError(f"region {name!r} has shape {mask.shape}, the map {score_map.shape}")
-        scores[name] = aggregation(score_map[mask])
-    return scores
+# ----------------------------------------------------------------------------- bundles
+
+ProgressFn = Callable[[float, str], None]
+
+
+def calibrate_bundle(
+    bundle_path: str | Path,
+    images: Sequence[str | Path],
+    config: CalibrationConfig = CalibrationConfig(),
+    stride: int = 1,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    allow_training_scans: bool = False,
+) -> tuple[Calibration, Path]:
+    """Detect each healthy image with the bundle, fit the statistics, store them in the bundle.
+
+    The bundle must be a folder (a .zip is read-only here). ``calibration.npz`` replaces any earlier
+    one and ``checksums.json`` is rewritten so ``load_bundle`` accepts the bundle afterwards.
+    Scans the bundle was trained on are refused unless ``allow_training_scans``: the network has
+    learnt them, so their errors are low and would make every new scan look anomalous.
+    """
+    from ppr.bundle import CALIBRATION, load_bundle, write_checksums
+    from ppr.detection import DetectOptions, detect
+    from ppr.imageio import read_image
+
+    bundle_path = Path(bundle_path)
+    bundle = load_bundle(bundle_path)
+    if not bundle_path.is_dir():
+        raise BundleError(
+            f"{bundle_path} is a zipped bundle: unzip it into a folder, calibrate the folder, and zip it again."
+        )
+    names = [image_case_name(Path(image)) for image in images]
+    if len(images) < MIN_SCANS:
+        raise PPRError(
+            f"Calibration needs at least {MIN_SCANS} healthy scans, got {len(images)}: "
+            "give more held-out healthy head CTs (10 or more give stable statistics)."
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise PPRError(f"These scans are given twice: {', '.join(repeated)}. Give each healthy scan once.")
+    seen = sorted(set(names) & training_cases(bundle.info))
+    if seen and not allow_training_scans:
+        raise PPRError(
+            f"The model was trained on {', '.join(seen)}: calibrate with held-out healthy scans "
+            "(or pass --allow-training-scans if you know what you are doing)."
+        )
+    options = DetectOptions(stride=stride, device=device)
+
+    def scans() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for index, image in enumerate(images):
+            if progress:
+                progress(index / len(images), f"detecting {names[index]}")
+            try:
+                result = detect(read_image(image), bundle, options)
+            except PPRError as error:  # say which of the scans it was
+                raise type(error)(f"{image}: {error}") from None
+            yield sitk.GetArrayFromImage(result.error_map_model), sitk.GetArrayFromImage(result.head_mask_model) > 0
+
+    calibration = fit_calibration_scans(scans(), names, config)
+    if progress:
+        progress(1.0, "writing the calibration")
+    partial = bundle_path / f".{CALIBRATION}.partial"
+    save_calibration(calibration, partial)
+    partial.replace(bundle_path / CALIBRATION)
+    write_checksums(bundle_path)
+    return calibration, bundle_path / CALIBRATION
+
+
+def image_case_name(path: Path) -> str:
+    """The case name of an image file: its file name without the image extension."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def training_cases(bundle_info: Mapping[str, Any]) -> set[str]:
+    """Names of the scans a bundle was trained on (empty when the bundle does not say)."""
+    training = bundle_info.get("training", {}) if isinstance(bundle_info, Mapping) else {}
+    return {str(name) for name in training.get("cases", []) or []}

@@ -7,7 +7,7 @@ Example::
 Runs the detection on every image (held-out *healthy* head CTs, not the training scans: their
 errors are optimistically low), fits ``ppr.calibration`` statistics, writes ``calibration.npz``
 into the bundle and refreshes the bundle's checksums. The work is done in ``ppr.calibration``
-and ``ppr.evaluation.open_model``; this module only parses and prints.
+(``calibrate_bundle``); this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from ppr.calibration import CalibrationConfig
 
@@ -34,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest spread allowed (keeps z finite where healthy errors are all equal)")
     parser.add_argument("--overlay-percentile", type=float, default=defaults.overlay_percentile,
                         help="percentile of healthy z used as the default overlay threshold")
+    parser.add_argument("--allow-training-scans", action="store_true",
+                        help="accept scans the model was trained on (their errors are optimistically low)")
     parser.add_argument("--json", action="store_true", help="print a summary as one JSON line last on stdout")
     parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
 
@@ -43,7 +47,7 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppr.evaluation import calibrate_bundle
+    from ppr.calibration import calibrate_bundle
 
     config = CalibrationConfig(
         factor=args.factor,
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         overlay_percentile=args.overlay_percentile,
     )
     calibration, path = calibrate_bundle(args.bundle, args.images, config, stride=args.stride, device=args.device,
-                                         progress=_progress if args.progress else None)
+                                         progress=_progress if args.progress else None,
+                                         allow_training_scans=args.allow_training_scans)
     summary = {
         "calibration": str(path),
         "n_scans": calibration.n_scans,
@@ -60,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
         "overlay_threshold_z": calibration.overlay_threshold_z,
         "factor": calibration.factor,
         "grid_shape": list(calibration.grid_shape),
-        "median_error_mm": float(calibration.median_mm.mean()),
+        "median_error_mm": float(np.median(calibration.median_mm)),
     }
-    print(f"calibrated on {calibration.n_scans} scans: default overlay threshold z = "
-          f"{calibration.overlay_threshold_z:.2f}; written to {path}")
+    print(f"calibrated on {calibration.n_scans} scans: typical healthy error {summary['median_error_mm']:.1f} mm, "
+          f"default overlay threshold z = {calibration.overlay_threshold_z:.2f}; written to {path}")
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     return 0

@@ -68,11 +68,12 @@ def print_summary(summary: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppr.evaluation import evaluate, read_cases
-    from ppr.model_access import open_model
+    from ppr.bundle import load_bundle
+    from ppr.evaluation import BundleDetector, evaluate, read_cases
 
-    model = open_model(args.model, stride=args.stride, device=args.device)
-    score_map = args.score_map if args.score_map != "auto" else ("z" if model.calibration is not None else "mm")
+    cases = read_cases(args.cases)  # before the model: a bad CSV is reported at once
+    bundle = load_bundle(args.model)
+    score_map = args.score_map if args.score_map != "auto" else ("z" if bundle.calibration is not None else "mm")
     config = EvaluationConfig(
         score_map=score_map,
         aggregation=Aggregation(args.aggregate, p=args.p, k=args.k),
@@ -80,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         voxel_cases=args.voxel_cases,
     )
-    cases = read_cases(args.cases)
-    summary = evaluate(cases, model.detector, model.region_masks, args.out, config, model.calibration,
+    detector = BundleDetector(bundle, stride=args.stride, device=args.device)
+    summary = evaluate(cases, detector, bundle.region_masks, args.out, config, bundle.calibration,
                        _progress if args.progress else None, mood_dir=args.mood)
     print_summary(summary)
     print(f"written to {args.out}")

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                                 args.cache, args.resume, _progress if args.progress else None)
     report = {"bundle": str(path), "steps": result.steps, "seconds": round(result.seconds, 1),
               "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
+              "initial_val_loss": result.initial_val_loss,
               "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
               "mode": config.mode}
     val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.5f}"

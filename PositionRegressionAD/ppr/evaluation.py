@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from ppr.calibration import Aggregation, Calibration, region_scores, z_map
+from ppr.calibration import Aggregation, Calibration, image_case_name, z_map
 from ppr.errors import InputImageError, PPRError
 from ppr.mood import MoodNormalisation, write_mood_outputs
 
@@ -274,14 +274,6 @@ def _label(text: str | None, column: str, row: int, csv_path: Path) -> int | Non
     return int(text)
 
 
-def _case_name(image_path: Path) -> str:
-    name = image_path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def read_cases(csv_path: str | Path) -> list[Case]:
     """Read CASES.csv: ``image`` and ``anomalous`` required; ``mask``, ``left``, ``right``, ``skull``
     and ``case`` (a name) optional. Paths are relative to the CSV's folder."""
@@ -319,7 +311,7 @@ def _case_from_row(row: dict[str, str], number: int, csv_path: Path) -> Case:
     labels = {"any": _label(row["anomalous"], "anomalous", number, csv_path)}
     for column in ("left", "right", "skull"):
         labels[column] = _label(row.get(column), column, number, csv_path)
-    name = (row.get("case") or "").strip() or _case_name(image_path)
+    name = (row.get("case") or "").strip() or image_case_name(image_path)
     return Case(name=name, image_path=image_path, mask_path=mask_path, labels=labels)
 
 
@@ -398,6 +390,39 @@ class MapCache:
         sitk.WriteImage(sitk.Cast(maps.error_map_mm, sitk.sitkFloat32), str(error_path), useCompression=True)
         sitk.WriteImage(sitk.Cast(maps.head_mask, sitk.sitkUInt8), str(mask_path), useCompression=True)
         sitk.WriteTransform(maps.transform, str(transform_path))
+
+
+def model_key(bundle: Any) -> str:
+    """What identifies a model's error maps: weights, network shape, preprocessing and reference.
+
+    Not the bundle checksum: that also covers calibration.npz, and recalibrating must not throw
+    away the cached error maps (they do not depend on the calibration).
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(bundle.info.get("network", {}), sort_keys=True).encode())
+    digest.update(bundle.preprocess.to_json().encode())
+    for name, tensor in sorted(bundle.network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(sitk.GetArrayViewFromImage(bundle.reference).tobytes())
+    return digest.hexdigest()[:32]
+
+
+class BundleDetector:
+    """``ppr.detection.detect`` with one bundle and fixed options, as a ``Detector``."""
+
+    def __init__(self, bundle: Any, stride: int = 1, device: str = "auto", method: str = "dense") -> None:
+        from ppr.detection import DetectOptions
+
+        self.bundle = bundle
+        self.options = DetectOptions(method=method, stride=stride, device=device)
+        self.cache_key = f"{model_key(bundle)}|method={method}|stride={stride}"
+
+    def __call__(self, image: sitk.Image) -> CaseMaps:
+        from ppr.detection import detect
+
+        result = detect(image, self.bundle, self.options)
+        return CaseMaps(result.error_map_model, result.head_mask_model, result.registration.transform)
 
 
 # ----------------------------------------------------------------------------- the evaluation run
@@ -480,6 +505,8 @@ def score_cases(
     progress: ProgressFn | None = None,
 ) -> list[CaseResult]:
     """Detect (or load from the cache) every case and aggregate its map in each region."""
+    from ppr.scores import region_scores
+
     missing = set(REGIONS) - set(region_masks)
     if missing:
         raise ValueError(f"region masks lack {sorted(missing)}")
@@ -491,10 +518,13 @@ def score_cases(
         maps, cached = _detect_or_load(case, detector, cache)
         values = score_map(maps, config.score_map, calibration)
         error = sitk.GetArrayViewFromImage(maps.error_map_mm)
+        head = sitk.GetArrayViewFromImage(maps.head_mask) > 0
+        # the same region scoring as the detection (region of the reference and head of this scan)
+        scores = region_scores(values, {r: region_masks[r] for r in REGIONS}, head, config.aggregation)
         results.append(
             CaseResult(
                 case=case,
-                scores=region_scores(values, {r: region_masks[r] for r in REGIONS}, config.aggregation),
+                scores={region: math.nan if value is None else value for region, value in scores.items()},
                 max_error_mm=float(np.max(error)),
                 score_range=(float(np.nanmin(values)), float(np.nanmax(values))),
                 from_cache=cached,

@@ -23,7 +23,7 @@ from ppr.config import PreprocessConfig
 from ppr.errors import RegistrationError
 from ppr.geometry import resample_isotropic
 from ppr.intensity import window
-from ppr.masks import head_mask, intracranial_mask
+from ppr.masks import head_mask, intracranial_mask, midsagittal_plane
 
 REGISTRATION_SPACING_MM = 3.0
 HISTOGRAM_BINS = 32
@@ -36,8 +36,6 @@ MAX_ITERATIONS = 100
 SEARCH_ANGLES_DEG = (-24.0, -12.0, 0.0, 12.0, 24.0)
 SEARCH_SHRINK = 4
 MIN_CRANIUM_ML = 300.0
-# Two principal axes whose extents differ by less than this ratio cannot be told apart.
-DISTINCT_AXES_RATIO = 1.08
 
 
 @dataclass(frozen=True)
@@ -73,14 +71,13 @@ def affine_matrix_4x4(transform: sitk.Euler3DTransform) -> np.ndarray:
 class _PreparedHead:
     """A head ready for registration: coarse, windowed, air at 0, only the head kept.
 
-    cranium_center_mm and cranium_axes (rows: principal axes of the intracranial space, longest
-    extent last) place and orient the head by its anatomy, whatever its pose in the scanner.
+    cranium_center_mm and cranium_frame (rows: left-right, front-back, and their cross product)
+    place and orient the head by its anatomy, whatever its pose in the scanner.
     """
 
     image: sitk.Image
     cranium_center_mm: np.ndarray
-    cranium_axes: np.ndarray
-    axes_distinct: bool
+    cranium_frame: np.ndarray
 
 
 def _prepare(image_hu: sitk.Image, window_hu: tuple[float, float], spacing_mm: float) -> _PreparedHead:
@@ -96,45 +93,39 @@ def _prepare(image_hu: sitk.Image, window_hu: tuple[float, float], spacing_mm: f
 
 def _cranium_pose(
     coarse_hu: sitk.Image, head: sitk.Image, window_hu: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Centroid, principal axes (rows, shortest first) of the intracranial space (of the whole head
-    if none is found), and whether the two shorter axes are distinct enough to be paired.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and anatomical frame of the intracranial space; of the whole head if none is found.
 
-    The head's centre of mass moves with how much neck and face a scan covers; the cranium's does not.
+    The head's centre of mass moves with how much neck and face a scan covers; the cranium's does
+    not. The frame's front-back axis is the cranium's longest principal axis (13-38% longer than
+    the next on the dev data), its left-right axis the normal of the mid-sagittal plane (the two
+    shorter principal axes differ by as little as 1% on some heads and swap between heads).
     """
+    cranium = intracranial_mask(coarse_hu, window_hu)
     statistics = sitk.LabelShapeStatisticsImageFilter()
-    statistics.Execute(intracranial_mask(coarse_hu, window_hu))
+    statistics.Execute(cranium)
     if statistics.GetNumberOfLabels() == 0 or statistics.GetPhysicalSize(1) < MIN_CRANIUM_ML * 1000:
         statistics.Execute(head)
-    axes = np.asarray(statistics.GetPrincipalAxes(1)).reshape(3, 3)
-    short, middle, _ = np.sqrt(np.maximum(statistics.GetPrincipalMoments(1), 0.0))
-    return np.asarray(statistics.GetCentroid(1)), axes, bool(middle >= DISTINCT_AXES_RATIO * short)
+        return np.asarray(statistics.GetCentroid(1)), np.eye(3)
+    front_back = np.asarray(statistics.GetPrincipalAxes(1)).reshape(3, 3)[2]
+    left_right = np.asarray(midsagittal_plane(coarse_hu, cranium, window_hu).normal)
+    left_right = left_right - (left_right @ front_back) * front_back
+    left_right /= np.linalg.norm(left_right)
+    return np.asarray(statistics.GetCentroid(1)), np.stack([left_right, front_back, np.cross(left_right, front_back)])
 
 
-def _axes_rotation(fixed: "_PreparedHead", moving: "_PreparedHead") -> np.ndarray:
-    """The rotation taking the fixed cranium's principal axes onto the moving one's (fixed -> moving).
+def _axes_rotation(fixed: _PreparedHead, moving: _PreparedHead) -> np.ndarray:
+    """The rotation taking the fixed cranium's frame onto the moving one's (fixed -> moving).
 
-    The long (front-back) axis is always paired: on the dev data it is 13-38% longer than the next.
-    The two shorter axes differ by as little as 1% on some heads and then swap between heads: they
-    are paired only when both heads have them DISTINCT_AXES_RATIO apart, else only the long axis
-    is turned (the smallest rotation). Axes have no sign: each is taken within 90 degrees of its
-    partner (every scan is of a head lying on its back).
+    Axes have no sign: each moving axis is taken within 90 degrees of its fixed partner (every
+    scan is of a head lying on its back), the third follows as the cross product.
     """
-    fixed_axes, moving_axes = fixed.cranium_axes, moving.cranium_axes.copy()
-    for row in (1, 2):
-        if fixed_axes[row] @ moving_axes[row] < 0:
-            moving_axes[row] = -moving_axes[row]
-    if fixed.axes_distinct and moving.axes_distinct:
-        moving_axes[0] = np.cross(moving_axes[1], moving_axes[2]) * np.linalg.det(fixed_axes)
-        return moving_axes.T @ fixed_axes
-    fixed_long, moving_long = fixed_axes[2], moving_axes[2]
-    axis = np.cross(fixed_long, moving_long)
-    sine, cosine = np.linalg.norm(axis), float(fixed_long @ moving_long)
-    if sine < 1e-9:
-        return np.eye(3)
-    versor = sitk.VersorTransform()
-    versor.SetRotation((axis / sine).tolist(), float(np.arctan2(sine, cosine)))
-    return np.asarray(versor.GetMatrix()).reshape(3, 3)
+    frame = moving.cranium_frame.copy()
+    for row in (0, 1):
+        if fixed.cranium_frame[row] @ frame[row] < 0:
+            frame[row] = -frame[row]
+    frame[2] = np.cross(frame[0], frame[1])
+    return frame.T @ fixed.cranium_frame
 
 
 def register_to_reference(
@@ -172,13 +163,13 @@ def register_to_reference(
 
 
 def _initial_transform(fixed: _PreparedHead, moving: _PreparedHead) -> sitk.Euler3DTransform:
-    """Crania matched by centre and long axis, then the best of a grid of rotations about that.
+    """Crania matched by centre and anatomical frame, then the best of a grid of rotations about that.
 
     Gradient descent from the identity falls into wrong optima for heads yawed by 30-50 degrees,
-    and a grid in scanner axes makes the result depend on the head's pose (nodding, the worst
-    determined rotation, differed by up to 18 degrees for a scan moved by 12). Starting from the
-    cranium's own long axis, a moved scan gets (nearly) the moved start, so the result moves with
-    the scan. The grid is scored by correlation over the reference head at 4x coarser spacing
+    and a grid in scanner axes makes the result depend on the head's pose: between two heads the
+    metric has many shallow optima, and nodding differed by up to 18 degrees for a scan moved by
+    12. Starting from the cranium's own frame, a moved scan gets the moved start, so the result
+    moves with the scan. The grid is scored by correlation over the reference head at 4x coarser spacing
     (same modality, same window: far cheaper than a Mattes evaluation per candidate).
     """
     transform = sitk.Euler3DTransform()

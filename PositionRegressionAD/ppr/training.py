@@ -111,6 +111,7 @@ class TrainingResult:
     patches_per_second: float
     final_loss: float | None
     final_val_loss: float | None
+    initial_val_loss: float | None
     device: str
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -308,6 +309,7 @@ class _State:
     seconds: float = 0.0
     patches: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
+    initial_val_loss: float | None = None
 
 
 def _checkpoint(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, state: _State,
@@ -316,6 +318,7 @@ def _checkpoint(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, state
     partial = path.with_suffix(".partial")
     torch.save({"network": net.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
                 "seconds": state.seconds, "patches": state.patches, "log": state.log,
+                "initial_val_loss": state.initial_val_loss,
                 "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                 "config": config.to_dict(), "cases": names}, partial)
     partial.replace(path)  # never leave a half-written checkpoint under the real name
@@ -339,7 +342,8 @@ def _restore(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, rng: np.
     optimizer.load_state_dict(saved["optimizer"])
     rng.bit_generator.state = json.loads(saved["rng"])
     torch.set_rng_state(saved["torch_rng"])
-    return _State(saved["step"], saved["seconds"], saved["patches"], list(saved["log"]))
+    return _State(saved["step"], saved["seconds"], saved["patches"], list(saved["log"]),
+                  saved["initial_val_loss"])
 
 
 def _step_loss(net: PPRNet, volumes: Sequence[_PaddedVolume], config: TrainConfig,
@@ -388,6 +392,8 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
     state = _State()
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         state = _restore(Path(checkpoint), net, optimizer, rng, config, names)
+    else:
+        state.initial_val_loss = validation_set.loss(net, device)  # the untrained network's
     limit_s = None if config.max_minutes is None else config.max_minutes * 60.0
     last_checkpoint = time.perf_counter()
 
@@ -425,7 +431,8 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
     return TrainingResult(
         network=net, log=state.log, steps=state.step, seconds=state.seconds,
         patches_per_second=state.patches / state.seconds if state.seconds > 0 else 0.0,
-        final_loss=_recent_mean(state.log), final_val_loss=final_val, device=str(device))
+        final_loss=_recent_mean(state.log), final_val_loss=final_val,
+        initial_val_loss=state.initial_val_loss, device=str(device))
 
 
 def _recent_mean(log: list[dict[str, Any]]) -> float | None:
@@ -470,10 +477,11 @@ def default_cache_dir(out: Path) -> Path:
 
 
 def write_training_log(path: Path, result_log: list[dict[str, Any]], config: TrainConfig,
-                       cases: list[str], validation_cases: list[str]) -> Path:
+                       cases: list[str], validation_cases: list[str],
+                       initial_val_loss: float | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     content = {"config": config.to_dict(), "cases": cases, "validation_cases": validation_cases,
-               "steps": result_log}
+               "initial_val_loss": initial_val_loss, "steps": result_log}
     path.write_text(json.dumps(content) + "\n")
     return path
 
@@ -508,12 +516,13 @@ def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig
     report(0.98, "writing the model bundle")
     cases = [v.name for v in volumes]
     validation_cases = [v.name for v in validation]
-    log_path = write_training_log(cache_dir / TRAINING_LOG, result.log, config, cases, validation_cases)
+    log_path = write_training_log(cache_dir / TRAINING_LOG, result.log, config, cases, validation_cases,
+                                  result.initial_val_loss)
     summary = {
         "cases": cases, "case_count": len(cases), "validation_cases": validation_cases,
         "reference": case_name(reference_path), "steps": result.steps, "seconds": round(result.seconds, 1),
         "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
-        "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
+        "initial_val_loss": result.initial_val_loss, "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
         "config": config.to_dict(),
     }
     path = save_bundle(out, result.network, preprocess, reference, summary, {TRAINING_LOG: log_path})
