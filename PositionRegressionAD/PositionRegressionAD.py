@@ -261,28 +261,25 @@ if ScriptedLoadableModule is not None:
             run, self._run = self._run, None
             self.ui.statusLabel.text = "Adding the results to the scene..."
             slicer.app.processEvents()
-            try:
-                with slicer.util.tryWithErrorDisplay("Detection failed.", waitCursor=True):
-                    try:
-                        results = self.detection.finish(run)
-                    except DetectionCancelled:
-                        self.ui.statusLabel.text = "Cancelled."
-                        return
-                    self._onResults(results)
-            finally:
-                self.ui.progressBar.hide()
-                if self.ui.statusLabel.text.startswith("Adding"):
-                    self.ui.statusLabel.text = "Detection failed: see the message."
-                self.updateGUIFromParameterNode()
+            status = "Detection failed: see the message."
+            with slicer.util.tryWithErrorDisplay("Detection failed.", waitCursor=True):
+                try:
+                    status = self._onResults(self.detection.finish(run))
+                except DetectionCancelled:
+                    status = "Cancelled."
+            self.ui.progressBar.hide()
+            self.ui.statusLabel.text = status
+            self.updateGUIFromParameterNode()
 
-        def _onResults(self, results) -> None:
+        def _onResults(self, results) -> str:
+            """Show a new detection's results; returns the status line."""
             node = self._parameterNode
-            with slicer.util.NodeModify(node):
-                if node.autoThreshold:
-                    node.overlayThresholdMm = min(results.threshold_mm, 200.0)
-            seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
-            self.ui.statusLabel.text = f"Done in {seconds:.0f} s."
+            if node.autoThreshold:
+                # Unticking "Automatic threshold" then starts from the threshold this run chose.
+                node.overlayThresholdMm = min(results.threshold_mm, 200.0)
             self.onJumpToMax()
+            seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
+            return f"Done in {seconds:.0f} s."
 
         # ---- results -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from PositionRegressionADLib.testing import (
     FAKE_MODE_VARIABLE,
     FAKE_PID_FILE_VARIABLE,
     InProcessFakeDetection,
+    process_alive,
     scene_node_ids,
     volume_fingerprint,
 )
@@ -28,14 +29,6 @@ from ppr.errors import BundleError, InputImageError
 from synthetic_heads import synthetic_head
 
 FAKE_CHILD = [sys.executable, "-m", "PositionRegressionADLib.testing"]
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +107,9 @@ def test_cancel_kills_the_detector_and_leaves_the_scene_as_it_was(setup, monkeyp
 
     child, worker = (int(v) for v in pid_file.read_text().split())
     settle = time.monotonic() + 5
-    while (_process_alive(child) or _process_alive(worker)) and time.monotonic() < settle:
+    while (process_alive(child) or process_alive(worker)) and time.monotonic() < settle:
         time.sleep(0.05)
-    assert not _process_alive(child) and not _process_alive(worker)
+    assert not process_alive(child) and not process_alive(worker)
     _assert_unchanged(context, volume, work, ids_before, fingerprint_before)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,28 +12,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
-import vtk
 from scipy import ndimage
 from vtk.util import numpy_support
 
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
+from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.process import ChildProcess
 from PositionRegressionADLib.report import REGION_LABELS, table_row
 from PositionRegressionADLib.scene_io import SceneContext, load_volume
 from PositionRegressionADLib.skull_surface import bone_threshold
-from PositionRegressionADLib.testing import InProcessFakeDetection, volume_fingerprint
+from PositionRegressionADLib.testing import (
+    InProcessFakeDetection,
+    RecordingLauncher,
+    lps_to_ras,
+    volume_fingerprint,
+)
 
 CASE = "ctich_054"  # no finding
 
 
-def lps_to_ras(point) -> np.ndarray:
-    return np.array([-point[0], -point[1], point[2]], dtype=float)
-
-
 def _ijk_to_ras(node) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return matrix_array(ijk_to_ras(node))
 
 
 def surface_distance_to_bone_mm(volume, polydata, threshold: float) -> np.ndarray:
@@ -92,30 +90,19 @@ def tiny_bundle(tmp_path_factory, dev_data_dir) -> Path:
                        {"note": "untrained, for tests only"})
 
 
-class RecordingChildProcess:
-    """Launches real child processes and keeps them, to read the JSON the core printed."""
-
-    def __init__(self) -> None:
-        self.processes: list[ChildProcess] = []
-
-    def __call__(self, command, env):
-        self.processes.append(ChildProcess(command, env))
-        return self.processes[-1]
-
-
 @pytest.mark.slow
 def test_real_detection_puts_the_cores_numbers_in_the_scene(dev_data_dir, tiny_bundle, tmp_path):
     context = SceneContext.create(tmp_path / "cache")
     volume = load_volume(context, dev_data_dir / "ctich_051.nii.gz")
     fingerprint = volume_fingerprint(volume)
-    launcher = RecordingChildProcess()
+    launcher = RecordingLauncher(ChildProcess)
     work = tmp_path / "work"
     work.mkdir()
     updates = []
 
     results = DetectionLogic(context.scene, launcher=launcher, work_dir=work).detect(
         volume, DetectionOptions(model_path=tiny_bundle, device="cpu", stride=4), on_progress=updates.append)
-    report = json.loads(launcher.processes[0].outcome().stdout.splitlines()[-1])
+    report = launcher.report()
 
     np.testing.assert_array_equal(_ijk_to_ras(results.error_map), _ijk_to_ras(volume))
     errors = slicer.util.arrayFromVolume(results.error_map)

@@ -6,7 +6,6 @@ exit codes as ``ppr detect``), so these tests check the scene side, not detectio
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,11 +13,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-import vtk
 from vtk.util import numpy_support
 
 from PositionRegressionADLib.colormap import COLOR_TABLE_SINGLETON_TAG
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
+from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.report import table_row
 from PositionRegressionADLib.results import (
     INPUT_REFERENCE_ROLE,
@@ -33,6 +32,8 @@ from PositionRegressionADLib.testing import (
     FAKE_PEAK_VARIABLE,
     PEAK_ERROR_MM,
     InProcessFakeDetection,
+    RecordingLauncher,
+    lps_to_ras,
     segment_mask,
     volume_fingerprint,
 )
@@ -40,27 +41,6 @@ from synthetic_heads import oblique_direction, synthetic_head
 
 LESION_LPS = (30.0, -20.0, 25.0)  # in the left frontal lobe of the synthetic head (identity pose)
 SKULL_POINT_LPS = (0.0, -84.0, 5.0)  # on the forehead's outer skull table
-
-
-def lps_to_ras(point) -> np.ndarray:
-    return np.array([-point[0], -point[1], point[2]], dtype=float)
-
-
-class RecordingLauncher:
-    """Launches like ``inner`` and keeps the processes, so a test can read what the detector reported."""
-
-    def __init__(self, inner=InProcessFakeDetection) -> None:
-        self.inner = inner
-        self.processes = []
-        self.commands = []
-
-    def __call__(self, command, env):
-        self.commands.append(list(command))
-        self.processes.append(self.inner(command, env))
-        return self.processes[-1]
-
-    def report(self, index: int = -1) -> dict:
-        return json.loads(self.processes[index].outcome().stdout.splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +75,8 @@ def _slice_composite(scene) -> slicer.vtkMRMLSliceCompositeNode:
     return scene.AddNode(composite)
 
 
-def _matrix(node) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+def _ijk_to_ras(node) -> np.ndarray:
+    return matrix_array(ijk_to_ras(node))
 
 
 def _ras_bounds(node) -> np.ndarray:
@@ -111,7 +89,7 @@ def test_detection_adds_results_on_the_input_grid_with_display_configured(contex
     volume = load_volume(context, head_file)
     composite = _slice_composite(context.scene)
     fingerprint = volume_fingerprint(volume)
-    launcher = RecordingLauncher()
+    launcher = RecordingLauncher(InProcessFakeDetection)
     logic = DetectionLogic(context.scene, launcher=launcher, work_dir=tmp_path)
 
     results = logic.detect(volume, DetectionOptions(model_path=model_dir))
@@ -125,7 +103,7 @@ def test_detection_adds_results_on_the_input_grid_with_display_configured(contex
 
     # Error map: exactly the input's grid, peak where the detector put it.
     assert results.error_map.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
-    np.testing.assert_array_equal(_matrix(results.error_map), _matrix(volume))
+    np.testing.assert_array_equal(_ijk_to_ras(results.error_map), _ijk_to_ras(volume))
     errors = slicer.util.arrayFromVolume(results.error_map)
     assert 0.8 * PEAK_ERROR_MM < errors.max() <= PEAK_ERROR_MM + BACKGROUND_ERROR_MM
     np.testing.assert_allclose(results.max_error_ras, lps_to_ras(report["max_error_lps"]), atol=1e-3)
@@ -178,7 +156,7 @@ def test_detection_adds_results_on_the_input_grid_with_display_configured(contex
     assert segmentation.GetNumberOfSegments() >= 1
     labelmap, labelmap_ijk_to_ras = segment_mask(results.candidates, segmentation.GetNthSegmentID(0))
     assert labelmap.shape == errors.shape
-    np.testing.assert_allclose(labelmap_ijk_to_ras, _matrix(volume), atol=1e-9)
+    np.testing.assert_allclose(labelmap_ijk_to_ras, _ijk_to_ras(volume), atol=1e-9)
     assert labelmap[np.unravel_index(int(np.argmax(errors)), errors.shape)] == 1
     assert errors[labelmap > 0].min() >= results.threshold_mm - 1e-4
     assert results.candidates.GetNodeReferenceID("referenceImageGeometryRef") == volume.GetID()
@@ -262,7 +240,7 @@ def test_detection_through_a_child_process_reports_progress(context, head_file, 
 
 def test_the_detect_command_is_the_ppr_cli(context, head_file, model_dir):
     volume = load_volume(context, head_file)
-    launcher = RecordingLauncher()
+    launcher = RecordingLauncher(InProcessFakeDetection)
     DetectionLogic(context.scene, launcher=launcher, python_command=["python"]).detect(
         volume, DetectionOptions(model_path=model_dir, device="cuda", stride=1))
     command = launcher.commands[0]

@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 
 from PositionRegressionADLib.process import ChildProcess, Progress, parse_progress_line
-
-
-def _process_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (PID 1 may never reap orphans here)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
+from PositionRegressionADLib.testing import process_alive
 
 
 def _script(tmp_path: Path, body: str) -> list[str]:
@@ -121,7 +113,7 @@ def test_cancel_kills_the_child_and_its_children(tmp_path):
     while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
     child, worker = (int(v) for v in pid_file.read_text().split())
-    assert _process_alive(child) and _process_alive(worker)
+    assert process_alive(child) and process_alive(worker)
 
     process.cancel()
     outcome = process.outcome()
@@ -129,7 +121,7 @@ def test_cancel_kills_the_child_and_its_children(tmp_path):
     assert outcome.cancelled
     assert outcome.returncode != 0
     deadline = time.monotonic() + 5
-    while (_process_alive(child) or _process_alive(worker)) and time.monotonic() < deadline:
+    while (process_alive(child) or process_alive(worker)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _process_alive(child)
-    assert not _process_alive(worker)
+    assert not process_alive(child)
+    assert not process_alive(worker)

@@ -73,7 +73,7 @@ def test_dev_case_registers_to_the_reference(dev_data_dir, reference, case):
     assert result.registration.metric > CONFIG.min_registration_metric
     # Registered heads overlap the reference head: the brain of one lies in the head of the other.
     head = sitk.GetArrayViewFromImage(result.head_mask).astype(bool)
-    reference_brain = sitk.GetArrayFromImage(intracranial_mask(reference, CONFIG.window_hu)).astype(bool)
+    reference_brain = sitk.GetArrayFromImage(intracranial_mask(reference, CONFIG)).astype(bool)
     assert head[reference_brain].mean() > 0.97
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
+import io
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -171,3 +173,54 @@ def test_the_module_file_imports_without_slicer_application():
                                          "jumpToMaxButton", "modelCardLabel", "deviceInfoLabel"])
 def test_the_widgets_users_need_are_there(widget_name):
     assert widget_name in _ui_widgets()
+
+
+def _load_module_file_with_slicer_stubs(monkeypatch, scene):
+    """Import PositionRegressionAD.py as Slicer would, with stand-ins for the pieces slicer-core lacks
+    (Qt, ScriptedLoadableModule, parameterNodeWrapper) and ``slicer.mrmlScene`` set to ``scene``."""
+    import sys
+    import types
+    import unittest
+
+    import slicer
+
+    qt = types.ModuleType("qt")
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda choices: ("Choice", tuple(choices))
+    wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            pass
+
+    scripted.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
+    scripted.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {})
+    scripted.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
+    scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
+    for name, module in (("qt", qt), ("slicer.parameterNodeWrapper", wrapper),
+                         ("slicer.ScriptedLoadableModule", scripted)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    spec = importlib.util.spec_from_file_location("PositionRegressionAD_in_slicer", MODULE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_module_self_test_passes_on_a_scene_like_slicers(monkeypatch, tmp_path):
+    import unittest
+
+    from PositionRegressionADLib.scene_io import SceneContext
+
+    context = SceneContext.create(tmp_path / "cache")
+    module = _load_module_file_with_slicer_stubs(monkeypatch, context.scene)
+    for name in ("PositionRegressionAD", "PositionRegressionADWidget", "PositionRegressionADLogic",
+                 "PositionRegressionADParameterNode"):
+        assert hasattr(module, name), name
+    suite = unittest.TestSuite([module.PositionRegressionADTest(name) for name in (
+        "test_detection_adds_results_with_input_geometry", "test_failed_detection_leaves_scene_unchanged")])
+    outcome = unittest.TextTestRunner(verbosity=0, stream=io.StringIO()).run(suite)
+    assert outcome.testsRun == 2
+    assert outcome.wasSuccessful(), outcome.failures + outcome.errors

@@ -119,7 +119,15 @@ def save_scene_mrb(scene: slicer.vtkMRMLScene, path: Path) -> Path:
     """Save the whole scene with its data as one .mrb file."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not scene.WriteToMRB(str(path)) or not path.is_file():
+    # The zip writer reports every file it adds on VTK's output window; failure shows in the return
+    # value, so its chatter goes to a string window for the duration of the write.
+    previous = vtk.vtkOutputWindow.GetInstance()
+    vtk.vtkOutputWindow.SetInstance(vtk.vtkStringOutputWindow())
+    try:
+        written = scene.WriteToMRB(str(path))
+    finally:
+        vtk.vtkOutputWindow.SetInstance(previous)
+    if not written or not path.is_file():
         raise SceneFileError(f"The scene could not be saved to {path}: check the folder and free space.")
     return path
 

@@ -111,6 +111,38 @@ def segment_mask(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.nda
     return voxels == segment.GetLabelValue(), ijk_to_ras
 
 
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a container's PID 1 may never reap orphans)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def lps_to_ras(point) -> np.ndarray:
+    """A point in ITK's LPS millimetres as Slicer's RAS."""
+    return np.array([-point[0], -point[1], point[2]], dtype=float)
+
+
+class RecordingLauncher:
+    """Launches like ``inner`` and keeps the processes, so a test can read what the detector reported."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.processes = []
+        self.commands: list[list[str]] = []
+
+    def __call__(self, command, env):
+        self.commands.append(list(command))
+        self.processes.append(self.inner(command, env))
+        return self.processes[-1]
+
+    def report(self, index: int = -1) -> dict:
+        """The JSON object the ``index``-th detector printed last on stdout."""
+        return json.loads(self.processes[index].outcome().stdout.splitlines()[-1])
+
+
 def scene_node_ids(scene) -> list[str]:
     """IDs of every node of the scene, in scene order."""
     return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]

@@ -45,6 +45,8 @@ def head_mask(image_hu: sitk.Image, window_hu: tuple[float, float]) -> sitk.Imag
 
 # Bone saturates at the top of the window; partial volume at a 2 mm reasoning grid takes a little off.
 BONE_THRESHOLD_FRACTION = 0.9
+# In true HU a voxel at 10% cortical bone (~1000 HU) already reads 130 HU: ask for about 30% bone.
+TRUE_HU_BONE = 400.0
 # Intracranial voxels see bone in (almost) every direction; the face, neck and scalp see air on one side.
 MIN_ENCLOSURE = 0.9
 # Brain tissue (20-45 HU) lies well below this fraction of the window (64 HU for [-20, 100]).
@@ -52,7 +54,7 @@ BRAIN_MAX_FRACTION = 0.7
 REASONING_SPACING_MM = 2.0
 BRAIN_OPENING_MM = 4.0
 SKULL_SHELL_MM = 15.0
-SYMMETRY_SAMPLES = 20000
+SYMMETRY_SAMPLES = 10000
 SYMMETRY_MARGIN_MM = 10.0
 
 
@@ -82,9 +84,12 @@ class MidsagittalPlane:
         return (i + j + k + self.signed_distance_mm(origin)) > 0
 
 
-def bone_threshold_hu(window_hu: tuple[float, float]) -> float:
-    lo, hi = window_hu
-    return lo + BONE_THRESHOLD_FRACTION * (hi - lo)
+def bone_threshold_hu(config: PreprocessConfig) -> float:
+    """Bone: near the top of the window in pre-windowed data (bone saturates there); in true HU,
+    at least TRUE_HU_BONE, so a voxel needs a fair share of bone (partial volume) to count."""
+    lo, hi = config.window_hu
+    in_window = lo + BONE_THRESHOLD_FRACTION * (hi - lo)
+    return in_window if config.prewindowed else max(in_window, TRUE_HU_BONE)
 
 
 def region_masks(reference: sitk.Image, config: PreprocessConfig) -> dict[str, np.ndarray]:
@@ -97,19 +102,19 @@ def region_masks(reference: sitk.Image, config: PreprocessConfig) -> dict[str, n
     data, where x runs anterior-posterior), the split is still at the anatomical mid-sagittal plane
     (found by symmetry) and "left" is the side its normal points to, oriented along +x, else +y.
     """
-    brain_image = intracranial_mask(reference, config.window_hu)
+    brain_image = intracranial_mask(reference, config)
     brain = sitk.GetArrayFromImage(brain_image).astype(bool)
-    plane = midsagittal_plane(reference, brain_image, config.window_hu)
+    plane = midsagittal_plane(reference, brain_image, config)
     side = plane.left_side(reference)
     return {
         "left_hemisphere": brain & side,
         "right_hemisphere": brain & ~side,
-        "skull": skull_mask(reference, brain_image, config.window_hu),
+        "skull": skull_mask(reference, brain_image, config),
         "head": sitk.GetArrayFromImage(head_mask(reference, config.window_hu)).astype(bool),
     }
 
 
-def intracranial_mask(reference: sitk.Image, window_hu: tuple[float, float]) -> sitk.Image:
+def intracranial_mask(reference: sitk.Image, config: PreprocessConfig) -> sitk.Image:
     """The space inside the skull (brain, CSF, ventricles), uint8 on the reference's grid.
 
     A skull ring is open in many slices (thick slices, sutures, foramina, the orbits), so this does
@@ -118,7 +123,8 @@ def intracranial_mask(reference: sitk.Image, window_hu: tuple[float, float]) -> 
     then cuts thin bridges (optic canals, foramen magnum) and keeps the largest part; at full
     resolution that part is intersected with the soft-tissue voxels and its holes are filled.
     """
-    bone_hu = bone_threshold_hu(window_hu)
+    window_hu = config.window_hu
+    bone_hu = bone_threshold_hu(config)
     coarse = _reasoning_grid(reference)
     coarse_values = sitk.GetArrayViewFromImage(coarse)
     enclosure = enclosure_fraction(coarse_values >= bone_hu)
@@ -154,13 +160,13 @@ def _reasoning_grid(reference: sitk.Image) -> sitk.Image:
     return sitk.BinShrink(sitk.Cast(reference, sitk.sitkFloat32), [factor] * 3)
 
 
-def skull_mask(reference: sitk.Image, brain: sitk.Image, window_hu: tuple[float, float]) -> np.ndarray:
+def skull_mask(reference: sitk.Image, brain: sitk.Image, config: PreprocessConfig) -> np.ndarray:
     """Bone within SKULL_SHELL_MM of the intracranial space (the cranium, not the spine or jaw)."""
     distance = sitk.SignedMaurerDistanceMap(
         sitk.Cast(brain, sitk.sitkUInt8), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
     )
     near = sitk.GetArrayViewFromImage(distance) <= SKULL_SHELL_MM
-    bone = sitk.GetArrayViewFromImage(reference) >= bone_threshold_hu(window_hu)
+    bone = sitk.GetArrayViewFromImage(reference) >= bone_threshold_hu(config)
     return near & bone & ~sitk.GetArrayViewFromImage(brain).astype(bool)
 
 
@@ -213,7 +219,7 @@ def _index_to_physical(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return matrix, np.asarray(image.GetOrigin())
 
 
-def midsagittal_plane(reference: sitk.Image, brain: sitk.Image, window_hu: tuple[float, float]) -> MidsagittalPlane:
+def midsagittal_plane(reference: sitk.Image, brain: sitk.Image, config: PreprocessConfig) -> MidsagittalPlane:
     """The plane about which the reference head is most symmetric (windowed intensities, ~2 mm grid).
 
     Searches every yaw of the plane's normal (so a header whose x axis is not left-right still gives
@@ -221,6 +227,7 @@ def midsagittal_plane(reference: sitk.Image, brain: sitk.Image, window_hu: tuple
     +x (LPS patient left), or to +y when the plane is closer to x = const than to y = const.
     """
     coarse = _reasoning_grid(reference)
+    window_hu = config.window_hu
     values = np.clip(sitk.GetArrayFromImage(coarse), *window_hu)
     coarse_brain = sitk.Resample(brain, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     # Brain and skull together: the falx, ventricles and the skull's outline are all symmetric.
@@ -249,7 +256,7 @@ def midsagittal_plane(reference: sitk.Image, brain: sitk.Image, window_hu: tuple
     result = optimize.minimize(
         asymmetry, start, method="Nelder-Mead",
         options={"initial_simplex": np.vstack([start, start + np.diag([4.0, 4.0, 3.0])]),
-                 "xatol": 0.05, "fatol": 1e-5, "maxiter": 200},
+                 "xatol": 0.05, "fatol": 1e-5, "maxiter": 120},
     )
     normal = _unit_normal(result.x[0], result.x[1])
     point = center + result.x[2] * normal

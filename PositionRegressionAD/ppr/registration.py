@@ -31,7 +31,7 @@ SAMPLING_FRACTION = 0.1
 # Coarse to fine after the rotation search: 6 mm then 3 mm voxels; smoothing in mm at each level.
 SHRINK_FACTORS = (2, 1)
 SMOOTHING_SIGMAS_MM = (3.0, 0.0)
-MAX_ITERATIONS = 100
+MAX_ITERATIONS = 60
 # Rotations tried about each axis of the reference, after the crania's principal axes are matched.
 SEARCH_ANGLES_DEG = (-24.0, -12.0, 0.0, 12.0, 24.0)
 SEARCH_SHRINK = 4
@@ -80,19 +80,20 @@ class _PreparedHead:
     cranium_frame: np.ndarray
 
 
-def _prepare(image_hu: sitk.Image, window_hu: tuple[float, float], spacing_mm: float) -> _PreparedHead:
+def _prepare(image_hu: sitk.Image, config: PreprocessConfig, spacing_mm: float) -> _PreparedHead:
     """Any space -> a coarse isotropic copy on the same box, and the pose of its cranium."""
+    window_hu = config.window_hu
     lo = float(window_hu[0])
     coarse = resample_isotropic(image_hu, spacing_mm, default_value=lo)
     head = head_mask(coarse, window_hu)
     shifted = sitk.Multiply(
         sitk.ShiftScale(window(coarse, window_hu), shift=-lo, scale=1.0), sitk.Cast(head, sitk.sitkFloat32)
     )
-    return _PreparedHead(shifted, *_cranium_pose(coarse, head, window_hu))
+    return _PreparedHead(shifted, *_cranium_pose(coarse, head, config))
 
 
 def _cranium_pose(
-    coarse_hu: sitk.Image, head: sitk.Image, window_hu: tuple[float, float]
+    coarse_hu: sitk.Image, head: sitk.Image, config: PreprocessConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centre and anatomical frame of the intracranial space; of the whole head if none is found.
 
@@ -101,14 +102,14 @@ def _cranium_pose(
     the next on the dev data), its left-right axis the normal of the mid-sagittal plane (the two
     shorter principal axes differ by as little as 1% on some heads and swap between heads).
     """
-    cranium = intracranial_mask(coarse_hu, window_hu)
+    cranium = intracranial_mask(coarse_hu, config)
     statistics = sitk.LabelShapeStatisticsImageFilter()
     statistics.Execute(cranium)
     if statistics.GetNumberOfLabels() == 0 or statistics.GetPhysicalSize(1) < MIN_CRANIUM_ML * 1000:
         statistics.Execute(head)
         return np.asarray(statistics.GetCentroid(1)), np.eye(3)
     front_back = np.asarray(statistics.GetPrincipalAxes(1)).reshape(3, 3)[2]
-    left_right = np.asarray(midsagittal_plane(coarse_hu, cranium, window_hu).normal)
+    left_right = np.asarray(midsagittal_plane(coarse_hu, cranium, config).normal)
     left_right = left_right - (left_right @ front_back) * front_back
     left_right /= np.linalg.norm(left_right)
     return np.asarray(statistics.GetCentroid(1)), np.stack([left_right, front_back, np.cross(left_right, front_back)])
@@ -139,8 +140,8 @@ def register_to_reference(
     Raises RegistrationError when the quality figure is below config.min_registration_metric.
     """
     start = time.perf_counter()
-    fixed = _prepare(reference, config.window_hu, spacing_mm)
-    moving = _prepare(moving_hu, config.window_hu, spacing_mm)
+    fixed = _prepare(reference, config, spacing_mm)
+    moving = _prepare(moving_hu, config, spacing_mm)
     transform = _initial_transform(fixed, moving)
     method = _registration_method(fixed.image)
     method.SetInitialTransform(transform, inPlace=True)

@@ -1,0 +1,191 @@
+"""``python -m ppr bench``: measured speed and memory of inference and training (one JSON object).
+
+What it measures, on a synthetic head-like volume (an ellipsoid head of realistic head fraction,
+~16 % of the grid, with a bright skull and textured inside) and a PPRNet with random weights (speed
+does not depend on the weights; ``--model`` uses a bundle's network instead):
+
+- ``dense_vs_patches_speedup``: the same voxels, a block of B^3 head voxels (default 16^3 = 4096):
+  the patches path runs one 31^3 patch per voxel (batched), the dense path runs the one tile that
+  covers the block (B^3 outputs plus its 15-voxel halo). Ratio of the two wall times, and
+  ``dense_max_abs_diff``: the largest difference of their predicted positions (normalised units).
+- ``full_res_seconds``: the whole error map of an N^3 volume (default 256), every head voxel;
+  ``stride4_seconds``: the stride-4 preview; ``peak_memory_mb``: the largest resident memory of the
+  process during the full-resolution map (CPU) or the CUDA peak allocation (GPU).
+- ``train_patches_per_second``: sampled (batch 256 patches) and dense (one 64^3 crop per step)
+  training steps on a 128^3 synthetic volume.
+
+Timing code lives here because it is only ever used by this command; it prints figures and
+asserts nothing. Everything is measured, nothing is extrapolated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ppr.inference import InferenceOptions, dense_forward, error_map, inference_network, patch_positions, resolve_device
+from ppr.network import PPRNet
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--size", type=int, default=256, help="grid edge N of the error map runs (default 256)")
+    parser.add_argument("--m", type=int, default=16, help="network width (default 16)")
+    parser.add_argument("--model", help="use this bundle's network instead of random weights")
+    parser.add_argument("--tile", type=int, default=128, help="dense tile edge (default 128)")
+    parser.add_argument("--block", type=int, default=16, help="edge of the voxel block of the speedup (multiple of 4)")
+    parser.add_argument("--skip-full", action="store_true", help="skip the full-resolution map (the slowest part)")
+    parser.add_argument("--skip-training", action="store_true", help="skip the training throughput")
+    parser.add_argument("--json", action="store_true", help="print the JSON object only")
+
+
+def synthetic_head_volume(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Intensities in [0, 1] and head mask of an ellipsoid head with skull and texture (z, y, x)."""
+    rng = np.random.default_rng(seed)
+    axis = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij", sparse=True)
+    radius = np.sqrt((z / 0.38) ** 2 + (y / 0.33) ** 2 + (x / 0.30) ** 2)
+    head = radius < 1.0
+    texture = 0.45 + 0.15 * np.sin(40 * z) * np.cos(33 * y) + 0.1 * np.sin(27 * x)
+    volume = np.where(head, texture + 0.05 * rng.random((size,) * 3, dtype=np.float32), 0.0)
+    volume = np.where(head & (radius > 0.88), 1.0, volume).astype(np.float32)
+    return volume, head
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """Peak memory in MB during the block: CUDA peak allocation, or sampled process RSS on the CPU."""
+    result: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        yield result
+        result["mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return
+    peak = [_rss_mb()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], _rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        result["mb"] = max(peak[0], _rss_mb())
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _synchronised(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def speedup_on_block(net: PPRNet, volume: np.ndarray, block: int, device: torch.device) -> dict[str, float]:
+    """Patches vs dense on the same block of block^3 voxels at the centre of the head."""
+    plain = inference_network(net, device)
+    half = plain.patch_size // 2
+    start = np.asarray(volume.shape) // 2 - block // 2
+    padded = torch.from_numpy(np.pad(volume, half))
+    grid = np.stack(np.meshgrid(*[np.arange(s, s + block) for s in start], indexing="ij"), axis=-1).reshape(-1, 3)
+    tile = padded[tuple(slice(s, s + block + 2 * half) for s in start)][None, None].to(device)
+    with torch.inference_mode():
+        dense_forward(plain, tile, 1)  # warm-up: first calls pick convolution algorithms
+        patch_positions(plain, padded, grid[:64], 64, device)
+        started = _synchronised(device)
+        dense = dense_forward(plain, tile, 1)
+        dense_s = _synchronised(device) - started
+        started = _synchronised(device)
+        patches = patch_positions(plain, padded, grid, 256, device)
+        patches_s = _synchronised(device) - started
+    dense = dense[0].float().cpu().numpy().reshape(3, -1).T
+    return {"voxels": int(len(grid)), "patches_seconds": patches_s, "dense_seconds": dense_s,
+            "dense_vs_patches_speedup": patches_s / dense_s,
+            "dense_max_abs_diff": float(np.abs(dense - patches).max())}
+
+
+def timed_error_map(net: PPRNet, volume: np.ndarray, head: np.ndarray, stride: int, tile: int,
+                    device: torch.device) -> dict[str, float]:
+    options = InferenceOptions("dense", stride, device.type, tile)
+    with peak_memory(device) as memory:
+        started = _synchronised(device)
+        error_map(volume, head, net, 1.0, options)
+        seconds = _synchronised(device) - started
+    return {"seconds": seconds, "peak_memory_mb": memory["mb"]}
+
+
+def training_throughput(m: int, device: torch.device) -> dict[str, float]:
+    """Patches (positions) per second of training steps, both modes, on a 128^3 synthetic head."""
+    from ppr.training import TrainConfig, TrainingVolume, train
+
+    volume, head = synthetic_head_volume(128)
+    volumes = [TrainingVolume("synthetic", volume, head)]
+    rates = {}
+    for mode, steps in (("sampled", 4), ("dense", 6)):
+        config = TrainConfig(steps=steps, m=m, mode=mode, batch=256, crop=64, crops=1, device=device.type)
+        warm = train(volumes, TrainConfig(**{**config.to_dict(), "steps": 1}))
+        del warm
+        rates[mode] = train(volumes, config).patches_per_second
+    return rates
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    if args.model:
+        from ppr.bundle import load_bundle
+
+        net = load_bundle(args.model).network
+    else:
+        net = PPRNet(m=args.m)
+    report: dict[str, object] = {
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        _cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "mkldnn": bool(torch.backends.mkldnn.is_available()), "m": net.m, "size": args.size, "tile": args.tile,
+    }
+    volume, head = synthetic_head_volume(args.size)
+    report["head_fraction"] = float(head.mean())
+    block = speedup_on_block(net, volume, args.block, device)
+    report.update({"dense_vs_patches_speedup": block["dense_vs_patches_speedup"],
+                   "dense_max_abs_diff": block["dense_max_abs_diff"], "speedup_block": block})
+    preview = timed_error_map(net, volume, head, 4, args.tile, device)
+    report["stride4_seconds"] = preview["seconds"]
+    report["stride4_peak_memory_mb"] = preview["peak_memory_mb"]
+    if not args.skip_full:
+        full = timed_error_map(net, volume, head, 1, args.tile, device)
+        report["full_res_seconds"] = full["seconds"]
+        report["peak_memory_mb"] = full["peak_memory_mb"]
+    if not args.skip_training:
+        report["train_patches_per_second"] = training_throughput(net.m, device)
+    if not args.json:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    print(json.dumps(report))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
