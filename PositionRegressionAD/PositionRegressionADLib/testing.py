@@ -8,7 +8,10 @@
   ("ok", "refuse", "crash", "no-json", "hang"; ``PPR_FAKE_PEAK_LPS`` "x,y,z" places the peak), so a
   test drives the real child-process path:
   ``python -m PositionRegressionADLib.testing -m ppr detect ...``.
-- ``InProcessFakeDetection``: the same fake as a ``DetectionProcess`` that runs in this process.
+- ``InProcessFakeDetection``: the same fake as a ``DetectionProcess`` that runs in this process;
+  ``RecordingLauncher`` keeps the processes a logic started, to read what the detector printed.
+- checks: ``volume_fingerprint`` (voxels + geometry), ``scene_node_ids``, ``segment_mask``,
+  ``process_alive``, ``lps_to_ras``.
 
 Nothing here is used by the product itself. The fake's numbers are not a detector's: never use them
 as evidence that detection works.
