@@ -161,3 +161,16 @@ def test_saving_over_a_bundle_replaces_it_completely(bundle_dir: Path, network: 
     assert load_bundle(bundle_dir).info["training"] == {"steps": 9}
     assert not [p for p in bundle_dir.parent.iterdir() if p.name.startswith(".model.")]
     shutil.rmtree(bundle_dir)
+
+
+def test_a_listed_calibration_is_loaded_with_the_bundle(bundle_dir: Path) -> None:
+    from ppr.calibration import Calibration, CalibrationConfig, save_calibration
+
+    median = np.full((8, 8, 8), 12.5, np.float32)
+    calibration = Calibration(median, np.ones_like(median), (32, 32, 32), 3, ("a", "b", "c"), 3.1,
+                              CalibrationConfig())
+    save_calibration(calibration, bundle_dir / CALIBRATION)
+    write_checksums(bundle_dir)
+    loaded = load_bundle(bundle_dir).calibration
+    assert loaded.n_scans == 3 and loaded.overlay_threshold_z == pytest.approx(3.1)
+    assert np.array_equal(loaded.median_mm, median)

@@ -85,4 +85,5 @@ def test_tiny_training_on_dev_cases_writes_a_bundle_and_its_report(dev_data_dir:
 
 TINY_STEPS = 10  # one validation (1024 patches) at the end: it costs as much as the steps
 TINY_TRAINING_ARGS = ["--steps", str(TINY_STEPS), "--val-every", "10", "--size", "64", "--spacing", "4",
-                      "--m", "4", "--batch", "16", "--prewindowed", "--seed", "0", "--device", "cpu"]
+                      "--m", "4", "--mode", "sampled", "--batch", "16", "--prewindowed", "--seed", "0",
+                      "--device", "cpu"]

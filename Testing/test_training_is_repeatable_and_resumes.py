@@ -94,3 +94,13 @@ def test_a_scan_without_head_is_a_user_error() -> None:
     empty = TrainingVolume("empty", np.zeros((N, N, N), np.float32), np.zeros((N, N, N), bool))
     with pytest.raises(PPRError, match="empty head mask"):
         train([empty], tiny_config("sampled", 1))
+
+
+def test_dense_crops_on_a_small_grid_reach_every_phase_of_the_stride(volumes) -> None:
+    padded = _PaddedVolume(volumes[0], 15)
+    rng = np.random.default_rng(5)
+    phases = set()
+    for _ in range(40):
+        _, targets, _ = dense_crop(padded, 64, 31, rng)  # larger than the 24^3 grid
+        phases.add(int(round(float(targets[0, 0, 0, 0, 0]) * N - 0.5)) % 4)
+    assert phases == {0, 1, 2, 3}

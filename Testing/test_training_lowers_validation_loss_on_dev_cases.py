@@ -27,7 +27,6 @@ def test_training_lowers_validation_loss_and_writes_a_loadable_bundle(dev_data_d
     assert result.steps == STEPS
     assert result.initial_val_loss is not None and result.final_val_loss is not None
     # Positions are in [0, 1]: the untrained net is off by ~0.4 of the grid; training must cut that.
-    print(f"validation loss {result.initial_val_loss:.4f} -> {result.final_val_loss:.4f} in {result.seconds:.1f} s")
     assert result.final_val_loss < 0.85 * result.initial_val_loss
     bundle = load_bundle(path)
     assert bundle.info["training"]["cases"] == list(TRAIN_CASES)

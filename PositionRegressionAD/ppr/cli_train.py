@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val", type=Path, nargs="+", default=[], help="healthy scans for the validation loss")
     parser.add_argument("--steps", type=int, help="number of training steps")
     parser.add_argument("--max-minutes", type=float,
-                        help=f"stop after this many minutes of training, validation not counted (default {DEFAULT_MINUTES:g} when --steps is not given)")
+                        help="stop after this many minutes of training, validation not counted "
+                             f"(default {DEFAULT_MINUTES:g} when --steps is not given)")
     parser.add_argument("--batch", type=int, default=TRAINING.batch, help="patches per step (sampled mode)")
     parser.add_argument("--m", type=int, default=TRAINING.m, help="network width m (default %(default)s)")
     parser.add_argument("--mode", choices=MODES, default=TRAINING.mode,

@@ -654,7 +654,7 @@ def evaluate(
     mood_dir = Path(mood_dir) if mood_dir is not None else None
     histogram = input_space_pass(results, cache, detector, config, calibration, mood_dir)
     summary.update(_voxel_summary(histogram, results, config))
-    summary["roc_curves"] = write_roc_curves(results, out_dir)
+    summary["roc_curves"] = write_roc_curves(results, out_dir, summary["auroc_ci95"])
     summary["mood_dir"] = None if mood_dir is None else str(mood_dir)
     write_case_scores(results, out_dir / "cases.csv")
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -720,8 +720,13 @@ def write_case_scores(results: Sequence[CaseResult], path: Path) -> None:
             })
 
 
-def write_roc_curves(results: Sequence[CaseResult], out_dir: Path) -> dict[str, str]:
-    """One ROC curve PNG per structure with both classes present; returns structure -> file name."""
+def write_roc_curves(
+    results: Sequence[CaseResult], out_dir: Path, intervals: Mapping[str, list[float | None]] | None = None
+) -> dict[str, str]:
+    """One ROC curve PNG per structure with both classes present; returns structure -> file name.
+
+    intervals: the AUROC confidence interval per structure, shown in the legend when given.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -736,10 +741,13 @@ def write_roc_curves(results: Sequence[CaseResult], out_dir: Path) -> dict[str, 
         figure = Figure(figsize=(4.5, 4.5), dpi=100)
         FigureCanvasAgg(figure)  # Agg canvas: no display, no pyplot global state
         axes = figure.add_subplot()
-        axes.plot(fpr, tpr, drawstyle="default", color="C0", label=f"AUROC {roc_auc(labels, scores):.3f}")
+        low, high = (intervals or {}).get(structure, [None, None])
+        interval = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
+        axes.plot(fpr, tpr, color="C0", label=f"AUROC {roc_auc(labels, scores):.3f}{interval}")
         axes.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
         axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate",
-                 title=f"{structure} ({region}): {int(labels.sum())} vs {int(labels.size - labels.sum())} cases")
+                 title=f"{structure}: {int(labels.sum())} anomalous vs {int(labels.size - labels.sum())} not "
+                       f"(score in {region})")
         axes.legend(loc="lower right")
         figure.tight_layout()
         name = f"roc_{structure}.png"

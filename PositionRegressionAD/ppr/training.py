@@ -10,11 +10,11 @@ What it does:
   convolutionally: every stride-4 output of the crop is a patch, those whose centre is outside the
   head are masked out of the loss). A fixed seeded sample of validation patches gives the
   validation loss; checkpoints allow ``resume``; the run is seeded and repeatable on one device.
-
 - ``train_bundle``: all of the above from scan files to a model bundle (written by ``ppr.bundle``)
   with its ``training_log.json`` (per-step loss, validation loss, seconds).
 
-What it does not: parse arguments (``ppr.cli_train``) or compute error maps (``ppr.inference``). Arrays are model-space numpy arrays indexed (z, y, x).
+What it does not: parse arguments (``ppr.cli_train``) or compute error maps (``ppr.inference``).
+Arrays are model-space numpy arrays indexed (z, y, x).
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ class TrainConfig:
     batch: patches per step (sampled mode), all from one volume as in the paper.
     crops, crop: dense mode: ``crops`` crops per step, each ``crop`` voxels per edge of patch
         centres (a multiple of 4; the crop read is crop + patch_size - 1), one volume per crop.
+    mode: "dense" is the default because it learned more per second of compute on the dev data:
+        16 healthy dev CTs at 2 mm (128^3), m = 16, 7 minutes of training steps each on the 2 shared
+        CPU cores, validation loss 0.241 (dense, 451 positions/s) against 0.255 (sampled, 10
+        patches/s). ``sampled`` is the paper's scheme and stays available.
     val_patches: size of the fixed validation sample; val_every: steps between validations.
     checkpoint_minutes: wall time between checkpoints (one is always written at the end).
     """
@@ -61,7 +65,7 @@ class TrainConfig:
     m: int = 16
     patch_size: int = 31
     lr: float = 1e-4
-    mode: str = "sampled"
+    mode: str = "dense"
     crops: int = 1
     crop: int = 64
     seed: int = 0
@@ -244,7 +248,13 @@ def sampled_batch(volume: _PaddedVolume, count: int, size: int,
 def dense_crop(volume: _PaddedVolume, crop: int, size: int,
                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One crop around a random head voxel: input (1, 1, crop + s - 1, ...), the positions of its
-    stride-4 outputs (1, 3, crop/4, ...) and their weights (1 inside the head, 0 outside)."""
+    stride-4 outputs (1, 3, crop/4, ...) and their weights (1 inside the head, 0 outside).
+
+    On a grid smaller than crop + 4 the crop shrinks to fit (so crops of one step match in size
+    only on one grid size: volumes of a training set share the model grid)."""
+    # Outputs are 4 voxels apart: the crop must be able to start at 4 consecutive places, or
+    # the patches centred between them would never be trained on (a crop as large as the grid).
+    crop = max(4, min(crop, 4 * ((min(volume.shape) - 4) // 4)))
     centre = sample_centres(volume, 1, rng)[0]
     starts = [int(np.clip(c - crop // 2, 0, max(n - crop, 0))) for c, n in zip(centre, volume.shape)]
     reads = tuple(slice(s, s + crop + size - 1) for s in starts)
@@ -374,8 +384,9 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
           network: PPRNet | None = None) -> TrainingResult:
     """Train a network on model-space volumes; returns it with its per-step log.
 
-    The log has one record per step: step (from 1), loss, seconds (of training steps so far, validation excluded) and,
-    every ``val_every`` steps and at the end, val_loss (None without validation volumes).
+    The log has one record per step: step (from 1), loss, seconds (of training steps so far,
+    validation excluded) and, every ``val_every`` steps and at the end, val_loss (None without
+    validation volumes).
     """
     if not volumes:
         raise PPRError("No training scans were given: train on at least one healthy head CT.")
@@ -390,11 +401,15 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
     validation_set = ValidationSet.sample([_PaddedVolume(v, half) for v in validation],
                                           config.val_patches, config.seed)
     state = _State()
+    limit_s = None if config.max_minutes is None else config.max_minutes * 60.0
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         state = _restore(Path(checkpoint), net, optimizer, rng, config, names)
+        if progress is not None:
+            progress(_fraction(state, config, limit_s), f"resumed at step {state.step}")
     else:
+        if resume and progress is not None:
+            progress(0.0, f"no checkpoint at {checkpoint}: starting afresh")
         state.initial_val_loss = validation_set.loss(net, device)  # the untrained network's
-    limit_s = None if config.max_minutes is None else config.max_minutes * 60.0
     last_checkpoint = time.perf_counter()
 
     def finished() -> bool:
@@ -522,7 +537,8 @@ def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig
         "cases": cases, "case_count": len(cases), "validation_cases": validation_cases,
         "reference": case_name(reference_path), "steps": result.steps, "seconds": round(result.seconds, 1),
         "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
-        "initial_val_loss": result.initial_val_loss, "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
+        "initial_val_loss": result.initial_val_loss,
+        "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
         "config": config.to_dict(),
     }
     path = save_bundle(out, result.network, preprocess, reference, summary, {TRAINING_LOG: log_path})

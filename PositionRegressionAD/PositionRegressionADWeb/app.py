@@ -1,0 +1,535 @@
+"""The web page of Position Regression AD: a trame-slicer app around ``ViewerSession``.
+
+The page: a head CT (the sample, a scan of the data folder, or an upload), a model bundle with its
+model card, device and quality, **Detect anomalies** with progress and Cancel, trame-slicer's quad
+view (axial, 3D, sagittal, coronal: the error map over the slices and the skull surface coloured by
+error), overlay threshold and opacity, the region scores, jump to the highest error, and downloads
+(.mrb scene, error map, scores CSV). The slice and 3D views are Slicer's own MRML views rendered on
+the server (trame-slicer); detection and display go through ``ViewerSession``, i.e. through
+``PositionRegressionADLib``, as in the Slicer module.
+
+Nothing the page sends is trusted: file names go through ``paths``, uploads through ``uploads``,
+choices are checked against the lists offered. Every failure becomes a message on the page and the
+server goes on serving. The page's state is shared by every browser tab open on it: one user.
+
+It does not parse the command line (``__main__``) and does not compute anything itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+
+from trame.app import TrameApp
+from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame.widgets import client, html
+from trame.widgets import vuetify3 as v3
+from trame_server.utils.asynchronous import create_task
+
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+from PositionRegressionADLib.detection_logic import (
+    DEVICES,
+    FULL_RESOLUTION_STRIDE,
+    PREVIEW_STRIDE,
+    DetectionCancelled,
+    DetectionLogic,
+)
+from PositionRegressionADLib.devices import describe_devices
+from PositionRegressionADLib.model_card import model_card_html
+from PositionRegressionADLib.process import Progress
+from PositionRegressionADLib.scene_io import SceneContext
+from PositionRegressionADWeb import paths, uploads
+from PositionRegressionADWeb.session import ViewerSession
+from PositionRegressionADWeb.settings import WebSettings
+from ppr.errors import PPRError
+
+LOG = logging.getLogger("PositionRegressionADWeb")
+TITLE = "Position Regression AD"
+QUAD_VIEW = "PPR quad view"
+# Slicer's "Four-Up" order; the page lists the views in this order (tests rely on it).
+VIEW_ORDER = ("axial", "3d", "sagittal", "coronal")
+QUALITY_STRIDES = {"preview": PREVIEW_STRIDE, "full": FULL_RESOLUTION_STRIDE}
+POLL_SECONDS = 0.25
+WEB_MODULE = {
+    "serve": {"ppr_web": str(Path(__file__).with_name("serve"))},
+    "scripts": ["ppr_web/upload.js"],
+}
+
+
+def scene_context_of(slicer_app: SlicerApp) -> SceneContext:
+    """The Lib's view of trame-slicer's scene and logics (the volumes logic finds "Colors" there too)."""
+    io = slicer_app.io_manager
+    return SceneContext(scene=slicer_app.scene, app_logic=slicer_app.app_logic,
+                        volumes_logic=slicer_app.volumes_logic, io_logics=(io.remote_io, io.vtk_io_manager_logic))
+
+
+def quad_view_layout() -> Layout:
+    """Axial | 3D over sagittal | coronal, as Slicer's Four-Up layout."""
+    views = {"axial": ViewLayoutDefinition.axial_view(), "3d": ViewLayoutDefinition.threed_view(),
+             "sagittal": ViewLayoutDefinition.sagittal_view(), "coronal": ViewLayoutDefinition.coronal_view()}
+    rows = [Layout(LayoutDirection.Horizontal, [views[name] for name in VIEW_ORDER[i:i + 2]]) for i in (0, 2)]
+    return Layout(LayoutDirection.Vertical, rows)
+
+
+def bytes_of_piece(piece: object) -> bytes:
+    """The content of one uploaded piece as trame hands it over (a File turned into a dict)."""
+    content = piece.get("content") if isinstance(piece, dict) else None
+    if isinstance(content, list):
+        content = b"".join(bytes(part) for part in content)
+    if not isinstance(content, (bytes, bytearray, memoryview)):
+        raise uploads.UploadRefusedError("The upload sent something that is not file content: reload the page.")
+    return bytes(content)
+
+
+class PositionRegressionWebApp(TrameApp):
+    """The viewer: one scene, one session, one page (see the module docstring).
+
+    Usage::
+
+        app = PositionRegressionWebApp(WebSettings(data_dir=Path("scans")))
+        app.server.start(host="127.0.0.1", port=8080, open_browser=False, timeout=0)
+    """
+
+    def __init__(self, settings: WebSettings, server=None) -> None:
+        super().__init__(server)
+        self.settings = settings
+        self.data_dir = paths.data_folder(settings.data_dir)
+        self._work = tempfile.TemporaryDirectory(prefix="ppr-web-")
+        work = Path(self._work.name)
+        self.server.enable_module(trame_slicer_module)
+        self.server.enable_module(WEB_MODULE)
+
+        self.slicer_app = SlicerApp()
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        self.layout_manager.register_layout(QUAD_VIEW, quad_view_layout())
+        self.layout_manager.set_layout(QUAD_VIEW)
+
+        context = scene_context_of(self.slicer_app)
+        (work / "runs").mkdir()
+        self.session = ViewerSession(context, DetectionLogic(context.scene, work_dir=work / "runs"))
+        self.upload = uploads.UploadBuffer(work / "uploads", settings.max_upload_bytes)
+        self.downloads_dir = work / "downloads"
+
+        self._register_triggers()
+        self._init_state()
+        self._build_ui()
+        self.server.controller.on_server_ready.add(self._on_ready)
+        self.server.controller.on_server_exited.add(self._on_exit)
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        state = self.state
+        state.trame__title = TITLE
+        state.has_sample = self.settings.sample_path is not None
+        state.input_name = ""
+        state.scan_items = []
+        state.data_file = None
+        state.model_items = []
+        state.model_choice = ""
+        state.model_card = ""
+        state.device_items = [{"title": {"auto": "Automatic (GPU if there is one)", "cuda": "GPU (CUDA)",
+                                         "cpu": "CPU"}[device], "value": device} for device in DEVICES]
+        state.device = "auto"
+        state.device_line = "Looking for a GPU ..."
+        state.quality = "preview"
+        state.running = False
+        state.progress = 0
+        state.progress_message = ""
+        state.status_text = ""
+        state.status_type = "info"
+        state.has_results = False
+        state.threshold_mm = 0.0
+        state.threshold_max = 1.0
+        state.opacity = self.session.overlay_opacity
+        state.scores = []
+        state.download_base = "scan"
+        state.upload_limit = uploads.megabytes(self.settings.max_upload_bytes)
+        self._refresh_lists()
+        state.change("model_choice")(self._on_model_choice)
+        state.change("threshold_mm")(self._on_threshold)
+        state.change("opacity")(self._on_opacity)
+
+    def _say(self, text: str, kind: str = "info") -> None:
+        """The status line under the Detect button (kind: info, success, warning, error)."""
+        with self.state:
+            self.state.status_text = text
+            self.state.status_type = kind
+
+    async def _say_now(self, text: str, kind: str = "info") -> None:
+        """Show a status before blocking work, so the page shows it while the server is busy."""
+        self._say(text, kind)
+        await self.server.network_completion
+        await asyncio.sleep(0.05)
+
+    def _guarded(self, action: str, work: Callable[[], object]) -> object | None:
+        """Run ``work``; any failure becomes the status message and ``None`` is returned."""
+        try:
+            return work()
+        except PPRError as error:
+            self._say(str(error), "error")
+        except Exception as error:  # the server must keep serving whatever went wrong
+            LOG.exception("%s failed", action)
+            self._say(f"{action} failed with an internal error ({error!r}). The viewer goes on; "
+                      "please report this with the server's log.", "error")
+        return None
+
+    def _refresh_lists(self) -> None:
+        with self.state:
+            self.state.scan_items = paths.list_scans(self.data_dir)
+            default = {"title": f"Default model ({self.settings.model_path.name})", "value": ""}
+            self.state.model_items = [default] + [{"title": name, "value": name}
+                                                  for name in paths.list_bundles(self.data_dir)]
+            if self.state.model_choice not in [item["value"] for item in self.state.model_items]:
+                self.state.model_choice = ""
+            self.state.model_card = self._model_card(self.state.model_choice)
+
+    # ---- model ------------------------------------------------------------------------------
+
+    def _model_path(self, choice: object) -> Path:
+        """The bundle the page chose: "" is the default, anything else a bundle inside the data folder."""
+        if choice in ("", None):
+            return self.settings.model_path
+        return paths.resolve_bundle(self.data_dir, choice)
+
+    def _model_card(self, choice: object) -> str:
+        try:
+            return model_card_html(self._model_path(choice))
+        except PPRError as error:
+            return f"<span style='color:#c0392b'>{escape(str(error))}</span>"
+
+    def _on_model_choice(self, model_choice, **_) -> None:
+        self.state.model_card = self._model_card(model_choice)
+
+    # ---- loading ----------------------------------------------------------------------------
+
+    def _register_triggers(self) -> None:
+        trigger = self.server.trigger
+        trigger("ppr_load_sample")(self.load_sample)
+        trigger("ppr_load_data_file")(self.load_data_file)
+        trigger("ppr_refresh")(self._refresh_lists)
+        trigger("ppr_upload_begin")(self.upload_begin)
+        trigger("ppr_upload_piece")(self.upload_piece)
+        trigger("ppr_upload_end")(self.upload_end)
+        trigger("ppr_detect")(self.detect)
+        trigger("ppr_cancel")(self.cancel)
+        trigger("ppr_jump")(self.jump_to_highest_error)
+        trigger("ppr_download_scene")(self.download_scene)
+        trigger("ppr_download_error_map")(self.download_error_map)
+        trigger("ppr_download_scores")(self.download_scores)
+
+    async def _load(self, path: Path, name: str) -> bool:
+        await self._say_now(f"Loading {name} ...")
+        volume = self._guarded(f"Loading {name}", lambda: self.session.load_scan(path, name))
+        if volume is None:
+            return False
+        self.slicer_app.display_manager.reset_views()
+        with self.state:
+            self.state.input_name = name
+            self.state.download_base = name
+            self._clear_results_state()
+        self._say(f"Loaded {name}. Choose a model and click Detect anomalies.", "info")
+        return True
+
+    async def load_sample(self) -> bool:
+        sample = self.settings.sample_path
+        if sample is None:
+            self._say("This viewer was started without a sample scan.", "error")
+            return False
+        return await self._load(sample, uploads.display_name(sample.name))
+
+    async def load_data_file(self, name: object) -> bool:
+        """Load the scan the page names; the name is checked (inside the data folder, a volume file)."""
+        def checked() -> Path:
+            path = paths.resolve_scan(self.data_dir, name)
+            uploads.check_volume_file(path, str(name))
+            return path
+
+        path = self._guarded("Opening the scan", checked)
+        if path is None:
+            return False
+        return await self._load(path, uploads.display_name(path.name))
+
+    def upload_begin(self, name: object, size: object) -> bool:
+        if self.session.running:
+            self._say("A detection is running: wait for it to finish or cancel it before uploading.", "error")
+            return False
+        self._say(f"Uploading {uploads.display_name(name)} ...")
+        self._guarded("Uploading", lambda: self.upload.begin(name, size))
+        return self.upload.active
+
+    def upload_piece(self, piece: object, offset: object) -> bool:
+        self._guarded("Uploading", lambda: self.upload.add(offset, bytes_of_piece(piece)))
+        return self.upload.active
+
+    async def upload_end(self) -> bool:
+        name = self.upload.name
+        path = self._guarded("Uploading", self.upload.finish)
+        if path is None:
+            return False
+        try:
+            return await self._load(path, name)
+        finally:
+            path.unlink(missing_ok=True)  # the scene holds the voxels now
+
+    # ---- detection --------------------------------------------------------------------------
+
+    def _options(self):
+        state = self.state
+        if state.device not in DEVICES:
+            raise PPRError(f"Unknown device {state.device!r}: choose one from the list.")
+        if state.quality not in QUALITY_STRIDES:
+            raise PPRError(f"Unknown quality {state.quality!r}: choose preview or full resolution.")
+        return self.session.detection_options(self._model_path(state.model_choice), state.device,
+                                              QUALITY_STRIDES[state.quality])
+
+    async def detect(self) -> None:
+        run = self._guarded("Starting the detection", lambda: self.session.start_detection(self._options()))
+        if run is None:
+            return
+        with self.state:
+            self.state.running = True
+            self.state.progress = 0
+            self.state.progress_message = "Starting the detector ..."
+        self._say("Detecting anomalies ...")
+        create_task(self._watch_detection())
+
+    def cancel(self) -> None:
+        if not self.session.running:
+            return
+        self._say("Cancelling ...", "warning")
+        self._guarded("Cancelling", self.session.cancel_detection)
+
+    def _show_progress(self, updates: list[Progress]) -> None:
+        if updates:
+            with self.state:
+                self.state.progress = round(100 * updates[-1].fraction)
+                self.state.progress_message = updates[-1].message
+
+    async def _watch_detection(self) -> None:
+        """Poll the run (the Lib's polled usage), then add its results or say why there are none."""
+        try:
+            while not self.session.detection_finished():
+                self._show_progress(self.session.take_progress())
+                await asyncio.sleep(POLL_SECONDS)
+            self._show_progress(self.session.take_progress())
+            await self._say_now("Adding the results to the scene ...")
+            results = self.session.finish_detection()
+            self._show_results()
+            seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
+            self._say(f"Done in {seconds:.0f} s. The slices show the highest error; the scores are below.",
+                      "success")
+        except DetectionCancelled:
+            self._say("Detection cancelled: nothing was added; earlier results, if any, are unchanged.", "warning")
+        except PPRError as error:
+            self._say(f"Detection failed: {error}", "error")
+        except Exception as error:  # the server must keep serving whatever went wrong
+            LOG.exception("detection failed")
+            self._say(f"Detection failed with an internal error ({error!r}). The viewer goes on; "
+                      "please report this with the server's log.", "error")
+        finally:
+            with self.state:
+                self.state.running = False
+                self.state.progress_message = ""
+
+    # ---- results ----------------------------------------------------------------------------
+
+    def _clear_results_state(self) -> None:
+        self.state.has_results = False
+        self.state.scores = []
+
+    def _show_results(self) -> None:
+        low, high = self.session.overlay_range_mm()
+        threshold = self.session.results.threshold_mm
+        for view in self.slicer_app.view_manager.get_threed_views():
+            view.reset_view()  # frame the new skull surface
+        with self.state:
+            self.state.has_results = True
+            self.state.threshold_max = round(max(high, threshold), 2)
+            self.state.threshold_mm = round(threshold, 2)
+            self.state.scores = [{"label": row.label, "text": row.text(), "unit": row.unit,
+                                  "region": row.region or ""} for row in self.session.score_rows()]
+
+    def _on_threshold(self, threshold_mm, **_) -> None:
+        if self.session.results is None or self.session.running:
+            return
+        try:
+            value = float(threshold_mm)
+        except (TypeError, ValueError):
+            return
+        self._guarded("Setting the threshold", lambda: self.session.set_overlay_threshold(max(value, 0.0)))
+
+    def _on_opacity(self, opacity, **_) -> None:
+        try:
+            value = float(opacity)
+        except (TypeError, ValueError):
+            return
+        self._guarded("Setting the opacity", lambda: self.session.set_overlay_opacity(value))
+
+    def jump_to_highest_error(self) -> None:
+        point = self._guarded("Jumping to the highest error", self.session.jump_to_highest_error)
+        if point is not None:
+            r, a, s = point
+            self._say(f"Slices centred on the highest error, at R {r:.1f}, A {a:.1f}, S {s:.1f} mm.", "info")
+
+    # ---- downloads --------------------------------------------------------------------------
+
+    async def _download(self, what: str, file_name: str, write: Callable[[Path], Path]) -> object | None:
+        if self.session.running:
+            self._say("A detection is running: download the results when it has finished.", "error")
+            return None
+        await self._say_now(f"Preparing the {what} ...")
+        self.downloads_dir.mkdir(parents=True, exist_ok=True)
+        target = self.downloads_dir / file_name
+        try:
+            written = self._guarded(f"Preparing the {what}", lambda: write(target))
+            if written is None:
+                return None
+            content = Path(written).read_bytes()
+        finally:
+            target.unlink(missing_ok=True)
+        self._say(f"The {what} is downloading ({uploads.megabytes(len(content))}).", "info")
+        return self.server.protocol.addAttachment(content)
+
+    async def download_scene(self):
+        return await self._download("scene (.mrb)", "scene.mrb", self.session.write_scene)
+
+    async def download_error_map(self):
+        return await self._download("error map", "error_map.nii.gz", self.session.write_error_map)
+
+    async def download_scores(self):
+        return await self._download("scores", "scores.csv", self.session.write_scores_csv)
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def _on_ready(self, **_) -> None:
+        create_task(self._find_devices())
+
+    async def _find_devices(self) -> None:
+        # Finding a GPU imports torch (seconds): do it beside the server, not before it answers.
+        line = await asyncio.get_running_loop().run_in_executor(None, _describe_devices)
+        with self.state:
+            self.state.device_line = line
+
+    def _on_exit(self, **_) -> None:
+        if self.session.running:
+            self.session.cancel_detection()
+        self._work.cleanup()
+
+    # ---- page -------------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        with SinglePageWithDrawerLayout(self.server, width=400) as layout:
+            self.ui = layout
+            layout.root.theme = "dark"
+            layout.title.set_text(TITLE)
+            client.Style("html { overflow-y: auto; } .ppr-card { font-size: 0.8rem; line-height: 1.3; }")
+            with layout.toolbar:
+                v3.VSpacer()
+                html.Div("{{ input_name ? input_name : 'No scan loaded' }}", id="input-name",
+                         classes="text-body-2 mr-4")
+            with layout.drawer, v3.VContainer(classes="pa-3"):
+                self._input_panel()
+                self._model_panel()
+                self._detect_panel()
+                self._display_panel()
+                self._scores_panel()
+                self._downloads_panel()
+            with layout.content:
+                with html.Div(style="height: 100%; display: flex;"):
+                    self.layout_manager.initialize_layout_grid(layout)
+
+    @staticmethod
+    def _heading(text: str) -> None:
+        html.Div(text, classes="text-subtitle-2 font-weight-bold mt-3 mb-1")
+
+    def _input_panel(self) -> None:
+        self._heading("Head CT")
+        v3.VBtn("Load the sample head CT", id="load-sample", block=True, prepend_icon="mdi-head-outline",
+                click="trigger('ppr_load_sample')", disabled=("running || !has_sample",), classes="mb-2")
+        with html.Div(classes="d-flex align-center"):
+            v3.VSelect(label="Scan in the data folder", id="data-file", items=("scan_items",),
+                       v_model=("data_file",), density="compact", hide_details=True,
+                       no_data_text="No scans in the data folder")
+            v3.VBtn(icon="mdi-folder-open", id="open-data-file", variant="text", title="Open",
+                    click="trigger('ppr_load_data_file', [data_file])", disabled=("running || !data_file",))
+            v3.VBtn(icon="mdi-refresh", variant="text", title="List the data folder again",
+                    click="trigger('ppr_refresh')")
+        v3.VFileInput(label=("`Upload a scan (.nii.gz, .nrrd, .mha; at most ${upload_limit})`",),
+                      id="upload-input", accept=".nii,.gz,.nrrd,.mha", density="compact", hide_details=True,
+                      prepend_icon="mdi-upload", disabled=("running",), classes="mt-2",
+                      change="window.pprUpload($event.target)")
+
+    def _model_panel(self) -> None:
+        self._heading("Model")
+        v3.VSelect(id="model-select", items=("model_items",), v_model=("model_choice",), density="compact",
+                   hide_details=True, disabled=("running",))
+        html.Div(v_html=("model_card",), id="model-card", classes="ppr-card mt-1 text-medium-emphasis")
+        self._heading("Device and quality")
+        v3.VSelect(id="device-select", items=("device_items",), v_model=("device",), density="compact",
+                   hide_details=True, disabled=("running",))
+        html.Div("{{ device_line }}", id="device-line", classes="ppr-card mt-1 text-medium-emphasis")
+        with v3.VRadioGroup(v_model=("quality",), id="quality", density="compact", hide_details=True,
+                            disabled=("running",)):
+            v3.VRadio(label="Preview (every 4th voxel, quick)", value="preview")
+            v3.VRadio(label="Full resolution (slow without a GPU)", value="full")
+
+    def _detect_panel(self) -> None:
+        with html.Div(classes="d-flex mt-2"):
+            v3.VBtn("Detect anomalies", id="detect-button", color="primary", classes="flex-grow-1 mr-2",
+                    prepend_icon="mdi-magnify-scan", click="trigger('ppr_detect')",
+                    disabled=("running || !input_name",))
+            v3.VBtn("Cancel", id="cancel-button", click="trigger('ppr_cancel')", disabled=("!running",))
+        v3.VProgressLinear(id="progress-bar", model_value=("progress",), v_show=("running",), height=6,
+                           color="primary", classes="mt-2")
+        html.Div("{{ progress_message }}", id="progress-message", v_show=("running",), classes="ppr-card mt-1")
+        v3.VAlert(id="status-message", text=("status_text",), type=("status_type",), v_show=("status_text",),
+                  density="compact", variant="tonal", classes="mt-2 ppr-card")
+
+    def _display_panel(self) -> None:
+        self._heading("Error overlay")
+        v3.VSlider(id="threshold-slider", label="Threshold", v_model=("threshold_mm",), min=0,
+                   max=("threshold_max",), step=0.1, density="compact", hide_details=True, thumb_label=True,
+                   disabled=("!has_results || running",))
+        v3.VSlider(id="opacity-slider", label="Opacity", v_model=("opacity",), min=0, max=1, step=0.05,
+                   density="compact", hide_details=True, thumb_label=True)
+        v3.VBtn("Jump to the highest error", id="jump-button", block=True, prepend_icon="mdi-target",
+                click="trigger('ppr_jump')", disabled=("!has_results",), classes="mt-1")
+
+    def _scores_panel(self) -> None:
+        self._heading("Scores (position error, mm)")
+        with v3.VTable(id="scores-table", density="compact", classes="ppr-card"):
+            with html.Tbody():
+                with html.Tr(v_for="row in scores", key="row.label", raw_attrs=[':data-region="row.region"']):
+                    html.Td("{{ row.label }}", classes=("row.region ? 'font-weight-bold' : ''",))
+                    html.Td("{{ row.text }} {{ row.unit }}", classes="score-value text-right")
+                with html.Tr(v_if=("!scores.length",)):
+                    html.Td("No results yet.", colspan=2, classes="text-medium-emphasis")
+
+    def _downloads_panel(self) -> None:
+        self._heading("Download the results")
+        downloads = (("download-scene", "Scene .mrb", "ppr_download_scene", "'.mrb'"),
+                     ("download-error-map", "Error map", "ppr_download_error_map", "'_error_map.nii.gz'"),
+                     ("download-scores", "Scores CSV", "ppr_download_scores", "'_scores.csv'"))
+        with html.Div(classes="d-flex flex-wrap"):
+            for element_id, text, name, suffix in downloads:
+                v3.VBtn(text, id=element_id, size="small", variant="outlined", classes="mr-1 mb-1",
+                        prepend_icon="mdi-download", disabled=("!has_results || running",),
+                        click=f"utils.download(download_base + {suffix}, trigger('{name}'), "
+                              "'application/octet-stream')")
+
+
+def _describe_devices() -> str:
+    try:
+        return describe_devices()
+    except Exception as error:  # a broken driver must not stop the viewer
+        return f"Could not look for a GPU ({error!r}): detection may run on the CPU."
