@@ -2,7 +2,7 @@
 
 The Slicer module (Module, parameter node, Widget, Test) is defined only inside the Slicer
 application; everything it does is in ``PositionRegressionADLib`` (Qt-free, usable in batch:
-``python -m PositionRegressionADLib.batch`` or ``Slicer --no-main-window --python-script batch.py``).
+``python -m PositionRegressionADLib.batch`` or ``Slicer --no-main-window --python-script Scripts/batch.py``).
 The widget syncs a parameter node (saved with the scene), starts the Lib's detection, polls it from
 a QTimer so Slicer stays responsive, and shows the results. This file holds no detection code.
 """

@@ -121,7 +121,7 @@ def test_progress_is_one_line_per_stage_without_a_terminal():
 @pytest.mark.parametrize("entry", [["-m", "PositionRegressionADLib.batch"], ["SLICER_SCRIPT", "--"]])
 def test_the_command_line_refuses_a_missing_model_clearly(entry, scans, tmp_path, repo_root):
     if entry[0] == "SLICER_SCRIPT":
-        entry = [str(repo_root / "PositionRegressionAD" / "batch.py"), "--"]
+        entry = [str(repo_root / "PositionRegressionAD" / "Scripts" / "batch.py"), "--"]
     result = subprocess.run([sys.executable, *entry, "--input", str(scans), "--output", str(tmp_path / "out"),
                              "--model", str(tmp_path / "no-model")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

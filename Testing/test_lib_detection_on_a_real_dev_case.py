@@ -131,7 +131,7 @@ def test_real_batch_reports_the_cores_refusal_of_a_single_slice(tiny_bundle, tmp
     if spec is None or spec.origin is None:
         pytest.skip("pydicom-data is not installed")
     single_slice = Path(spec.origin).parent / "data" / "693_UNCR.dcm"
-    result = subprocess.run([sys.executable, str(repo_root / "PositionRegressionAD" / "batch.py"), "--",
+    result = subprocess.run([sys.executable, str(repo_root / "PositionRegressionAD" / "Scripts" / "batch.py"), "--",
                              "--input", str(single_slice), "--output", str(tmp_path / "out"),
                              "--model", str(tiny_bundle), "--device", "cpu"],
                             capture_output=True, text=True, timeout=300)

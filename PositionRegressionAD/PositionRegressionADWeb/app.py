@@ -168,8 +168,9 @@ class PositionRegressionWebApp(TrameApp):
     async def _say_now(self, text: str, kind: str = "info") -> None:
         """Show a status before blocking work, so the page shows it while the server is busy."""
         self._say(text, kind)
-        await self.server.network_completion
-        await asyncio.sleep(0.05)
+        # Let the event loop send the state out (awaiting network_completion here would wait for
+        # the very call being handled).
+        await asyncio.sleep(0.1)
 
     def _guarded(self, action: str, work: Callable[[], object]) -> object | None:
         """Run ``work``; any failure becomes the status message and ``None`` is returned."""
@@ -379,7 +380,7 @@ class PositionRegressionWebApp(TrameApp):
         point = self._guarded("Jumping to the highest error", self.session.jump_to_highest_error)
         if point is not None:
             r, a, s = point
-            self._say(f"Slices centred on the highest error, at R {r:.1f}, A {a:.1f}, S {s:.1f} mm.", "info")
+            self._say(f"Slices moved to the highest error, at R {r:.1f}, A {a:.1f}, S {s:.1f} mm.", "info")
 
     # ---- downloads --------------------------------------------------------------------------
 

@@ -152,7 +152,7 @@ class ViewerSession:
             self.run.cancel()
 
     def finish_detection(self) -> DetectionResults:
-        """Add the finished run's results to the scene, show them and centre the slices on the highest error.
+        """Add the finished run's results to the scene and move the slices to the highest error.
 
         Raises what the Lib raises: ``DetectionCancelled``, ``DetectionFailedError`` (message for the user) ...
         The scene is unchanged after a failure, and a new detection can start either way.
@@ -193,9 +193,13 @@ class ViewerSession:
         return display.GetWindowLevelMin(), display.GetWindowLevelMax()
 
     def jump_to_highest_error(self) -> tuple[float, float, float]:
-        """Centre every slice view on the highest-error point; returns it (RAS mm)."""
+        """Move every slice view's plane through the highest-error point; returns it (RAS mm).
+
+        The planes move but the views keep their framing (offset jump), so the whole head stays in
+        sight with the error map's peak on all three slices.
+        """
         point = self._require_results().max_error_ras
-        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *point, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *point, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
         return point
 
     def score_rows(self) -> list[ScoreRow]:

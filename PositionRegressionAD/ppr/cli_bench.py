@@ -11,6 +11,8 @@ does not depend on the weights; ``--model`` uses a bundle's network instead):
 - ``full_res_seconds``: the whole error map of an N^3 volume (default 256), every head voxel;
   ``stride4_seconds``: the stride-4 preview; ``peak_memory_mb``: the largest resident memory of the
   process during the full-resolution map (CPU) or the CUDA peak allocation (GPU).
+- ``*_cpu_seconds``: process CPU time of the same runs, and ``load_average_1min`` at the start:
+  on a shared machine wall time depends on the other jobs; CPU time much less.
 - ``train_patches_per_second``: sampled (batch 256 patches) and dense (one 64^3 crop per step)
   training steps on a 128^3 synthetic volume.
 
@@ -108,14 +110,15 @@ def speedup_on_block(net: PPRNet, volume: np.ndarray, block: int, device: torch.
     with torch.inference_mode():
         dense_forward(plain, tile, 1)  # warm-up: first calls pick convolution algorithms
         patch_positions(plain, padded, grid[:64], 64, device)
-        started = _synchronised(device)
+        started, cpu_started = _synchronised(device), time.process_time()
         dense = dense_forward(plain, tile, 1)
-        dense_s = _synchronised(device) - started
-        started = _synchronised(device)
+        dense_s, dense_cpu = _synchronised(device) - started, time.process_time() - cpu_started
+        started, cpu_started = _synchronised(device), time.process_time()
         patches = patch_positions(plain, padded, grid, 256, device)
-        patches_s = _synchronised(device) - started
+        patches_s, patches_cpu = _synchronised(device) - started, time.process_time() - cpu_started
     dense = dense[0].float().cpu().numpy().reshape(3, -1).T
     return {"voxels": int(len(grid)), "patches_seconds": patches_s, "dense_seconds": dense_s,
+            "patches_cpu_seconds": patches_cpu, "dense_cpu_seconds": dense_cpu,
             "dense_vs_patches_speedup": patches_s / dense_s,
             "dense_max_abs_diff": float(np.abs(dense - patches).max())}
 
@@ -124,10 +127,10 @@ def timed_error_map(net: PPRNet, volume: np.ndarray, head: np.ndarray, stride: i
                     device: torch.device) -> dict[str, float]:
     options = InferenceOptions("dense", stride, device.type, tile)
     with peak_memory(device) as memory:
-        started = _synchronised(device)
+        started, cpu_started = _synchronised(device), time.process_time()
         error_map(volume, head, net, 1.0, options)
-        seconds = _synchronised(device) - started
-    return {"seconds": seconds, "peak_memory_mb": memory["mb"]}
+        seconds, cpu_seconds = _synchronised(device) - started, time.process_time() - cpu_started
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_memory_mb": memory["mb"]}
 
 
 def training_throughput(m: int, device: torch.device) -> dict[str, float]:
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         net = load_bundle(args.model).network
     else:
         net = PPRNet(m=args.m)
-    report: dict[str, object] = {
+    report: dict[str, object] = {"load_average_1min": os.getloadavg()[0],
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
         _cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()), "m": net.m, "size": args.size, "tile": args.tile,
@@ -166,10 +169,12 @@ def run(args: argparse.Namespace) -> int:
                    "dense_max_abs_diff": block["dense_max_abs_diff"], "speedup_block": block})
     preview = timed_error_map(net, volume, head, 4, args.tile, device)
     report["stride4_seconds"] = preview["seconds"]
+    report["stride4_cpu_seconds"] = preview["cpu_seconds"]
     report["stride4_peak_memory_mb"] = preview["peak_memory_mb"]
     if not args.skip_full:
         full = timed_error_map(net, volume, head, 1, args.tile, device)
         report["full_res_seconds"] = full["seconds"]
+        report["full_res_cpu_seconds"] = full["cpu_seconds"]
         report["peak_memory_mb"] = full["peak_memory_mb"]
     if not args.skip_training:
         report["train_patches_per_second"] = training_throughput(net.m, device)

@@ -41,6 +41,8 @@ class _Stage:
     regular_sampling: bool
     sampling_fraction: float
     iterations: int
+    step_mm: float = 2.0
+    tolerance_mm: float = 0.05
 
 
 # Coarse (6 mm): Powell's line searches cross the long valley where rotation and translation trade
@@ -48,8 +50,9 @@ class _Stage:
 # cut the head) and conjugate gradients overshot out of the head. Fine (3 mm): regular gradient
 # steps settle into the optimum.
 STAGES = (
-    _Stage(shrink=2, smoothing_mm=3.0, derivative_free=False, regular_sampling=False, sampling_fraction=0.1, iterations=60),
-    _Stage(shrink=1, smoothing_mm=0.0, derivative_free=False, regular_sampling=False, sampling_fraction=0.1, iterations=60),
+    _Stage(shrink=2, smoothing_mm=3.0, derivative_free=True, regular_sampling=True, sampling_fraction=0.25, iterations=5),
+    _Stage(shrink=1, smoothing_mm=0.0, derivative_free=True, regular_sampling=True, sampling_fraction=0.15, iterations=4,
+           step_mm=1.0, tolerance_mm=0.02),
 )
 # Rotations tried about each axis of the reference, after the crania's frames are matched.
 SEARCH_ANGLES_DEG = (-24.0, -12.0, 0.0, 12.0, 24.0)
@@ -244,8 +247,8 @@ def _registration_method(fixed: sitk.Image, stage: "_Stage") -> sitk.ImageRegist
     method.SetInterpolator(sitk.sitkLinear)
     if stage.derivative_free:
         method.SetOptimizerAsPowell(
-            numberOfIterations=stage.iterations, maximumLineIterations=10, stepLength=2.0,
-            stepTolerance=0.05, valueTolerance=1e-4,
+            numberOfIterations=stage.iterations, maximumLineIterations=10, stepLength=stage.step_mm,
+            stepTolerance=stage.tolerance_mm, valueTolerance=1e-5,
         )
     else:
         method.SetOptimizerAsRegularStepGradientDescent(

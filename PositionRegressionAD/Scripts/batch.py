@@ -1,9 +1,9 @@
 """Batch detection from Slicer's command line (no main window); the same main as the Lib's batch.
 
-    Slicer --no-main-window --python-script <module dir>/batch.py -- --input DIR --output DIR [...]
+    Slicer --no-main-window --python-script <module dir>/Scripts/batch.py -- --input DIR --output DIR [...]
 
-See ``python -m PositionRegressionADLib.batch --help`` for the arguments. Slicer also scans this
-folder for modules and imports this file under the name "batch" at startup: nothing runs then.
+See ``python -m PositionRegressionADLib.batch --help`` for the arguments. It lives in Scripts/ because
+Slicer tries to load every .py file at the top of a module folder as a module.
 """
 
 import sys
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _main() -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # this module's Lib and ppr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this module's Lib and ppr
     from PositionRegressionADLib.batch import main
 
     argv = sys.argv[1:]

@@ -1,0 +1,260 @@
+"""Test helpers for the web viewer: the server in a subprocess, Debian's headless Chromium, page pictures.
+
+- ``ViewerServer``: ``python -m PositionRegressionADWeb`` on 127.0.0.1 with ``--port 0`` (the
+  system picks a free port), ready once it prints its ready line; stopped on exit.
+- ``headless_chromium``: Selenium driving ``/usr/bin/chromium`` through ``/usr/bin/chromedriver``
+  with ``--headless --no-sandbox --disable-gpu --disable-background-networking`` and a fresh
+  ``--user-data-dir``; downloads go to a given folder. No tool ever downloads a browser of its own.
+- ``ViewerPage``: what a user does and reads on the page, waiting on the page's state (never on
+  fixed sleeps).
+- ``hot_pixels`` / ``head_box``: what a picture of a slice view shows.
+
+Nothing here is used by the product itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from PositionRegressionADWeb.__main__ import READY_LINE
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+MODULE_DIR = Path(__file__).resolve().parents[1]
+# Quad view order of the page (``app.VIEW_ORDER``): axial, 3D, sagittal, coronal.
+SLICE_VIEW_INDICES = (0, 2, 3)
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or ``None`` when they can."""
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        return "Debian's chromium and chromium-driver are not installed (run scripts/install-browser)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed in this Python"
+    return None
+
+
+class ViewerServer:
+    """The viewer started as a user starts it, in its own process; use as a context manager.
+
+    Usage::
+
+        with ViewerServer(["--data-dir", str(data), "--model", str(bundle)], log=tmp / "server.log") as server:
+            driver.get(server.url)
+    """
+
+    def __init__(self, arguments: Sequence[str], log: Path, ready_seconds: float = 120.0) -> None:
+        self.arguments = list(arguments)
+        self.log = Path(log)
+        self.ready_seconds = ready_seconds
+        self.url = ""
+        self.process: subprocess.Popen | None = None
+        self._lines: list[str] = []
+        self._ready = threading.Event()
+
+    def __enter__(self) -> "ViewerServer":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(MODULE_DIR), *filter(None, [env.get("PYTHONPATH")])])
+        self._log_handle = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "PositionRegressionADWeb", "--host", "127.0.0.1", "--port", "0", *self.arguments],
+            stdout=subprocess.PIPE, stderr=self._log_handle, text=True, env=env)
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        if not self._ready.wait(self.ready_seconds) or not self.url:
+            self.stop()
+            raise RuntimeError(f"the viewer did not start within {self.ready_seconds:.0f} s; its output:\n"
+                               + "".join(self._lines) + self.log.read_text()[-3000:])
+        return self
+
+    def _read_stdout(self) -> None:
+        for line in self.process.stdout:
+            self._lines.append(line)
+            if line.startswith(READY_LINE):
+                self.url = line.split()[-1]
+                self._ready.set()
+        self._ready.set()  # the server ended: stop waiting
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def answers_http(self) -> bool:
+        """True when the page itself can still be fetched."""
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            return response.status == 200 and b"<html" in response.read().lower()
+
+    def stop(self) -> int | None:
+        """Ask the server to stop (SIGTERM, as a service manager does), kill it if it does not."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_handle.close()
+        return self.process.returncode
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def headless_chromium(profile_dir: Path, download_dir: Path, size: tuple[int, int] = (1600, 1000)) -> Iterator:
+    """A Selenium driver of Debian's headless Chromium with a fresh profile; quits on exit."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     f"--user-data-dir={profile_dir}", f"--window-size={size[0]},{size[1]}"):
+        options.add_argument(argument)
+    options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+        yield driver
+    finally:
+        driver.quit()
+
+
+def picture(png: bytes) -> np.ndarray:
+    """RGB pixels (rows, columns, 3) of a PNG screenshot."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def hot_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Where a picture shows the error overlay's hot colours (red, orange, yellow): never on the grey scan."""
+    red, green, blue = (rgb[..., channel].astype(int) for channel in range(3))
+    return (red > 150) & (red - blue > 80) & (green < red + 20)
+
+
+def head_box(rgb: np.ndarray, margin_px: int = 5) -> tuple[slice, slice] | None:
+    """Bounding box (rows, columns) of the grey scan's bright pixels, or ``None`` when there are none."""
+    red, green, blue = (rgb[..., channel].astype(int) for channel in range(3))
+    grey = (np.abs(red - blue) < 25) & (np.abs(red - green) < 25) & (red > 60)
+    rows, columns = np.nonzero(grey)
+    if rows.size < 500:
+        return None
+    return (slice(max(rows.min() - margin_px, 0), rows.max() + margin_px + 1),
+            slice(max(columns.min() - margin_px, 0), columns.max() + margin_px + 1))
+
+
+def hot_pixels_in_head(rgb: np.ndarray) -> int:
+    """How many hot pixels lie inside the head's bounding box (0 when no head is visible)."""
+    box = head_box(rgb)
+    return 0 if box is None else int(hot_pixels(rgb)[box].sum())
+
+
+class ViewerPage:
+    """The viewer's page in a browser, read and used through the element ids the page sets."""
+
+    def __init__(self, driver, url: str, timeout_seconds: float = 60.0) -> None:
+        from selenium.webdriver.common.by import By
+
+        self.driver = driver
+        self.by = By
+        self.timeout_seconds = timeout_seconds
+        driver.get(url)
+        self.wait_until(lambda: self.driver.find_elements(By.ID, "load-sample"), "the page to appear")
+
+    def wait_until(self, condition: Callable[[], object], what: str, timeout_seconds: float | None = None) -> object:
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        timeout = timeout_seconds or self.timeout_seconds
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.2,
+                                 ignored_exceptions=(StaleElementReferenceException,)).until(lambda _: condition())
+        except Exception as error:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}; the page says: {self.status()!r}") from error
+
+    def element(self, element_id: str):
+        return self.driver.find_element(self.by.ID, element_id)
+
+    def click(self, element_id: str) -> None:
+        self.wait_until(lambda: self.element(element_id).is_enabled(), f"{element_id} to be enabled")
+        self.element(element_id).click()
+
+    def status(self) -> str:
+        found = self.driver.find_elements(self.by.ID, "status-message")
+        return found[0].text.strip() if found and found[0].is_displayed() else ""
+
+    def wait_for_status(self, *words: str, timeout_seconds: float | None = None) -> str:
+        """The status message once it holds one of ``words`` (case-insensitive)."""
+        def holds() -> str | None:
+            text = self.status()
+            return text if any(word.lower() in text.lower() for word in words) else None
+
+        return self.wait_until(holds, f"a status with one of {words}", timeout_seconds)
+
+    def progress_message(self) -> str:
+        found = self.driver.find_elements(self.by.ID, "progress-message")
+        return found[0].text.strip() if found and found[0].is_displayed() else ""
+
+    def running(self) -> bool:
+        return self.element("cancel-button").is_enabled()
+
+    def region_scores(self) -> dict[str, float]:
+        """{region key: score in mm} as the scores table shows them."""
+        scores = {}
+        for row in self.driver.find_elements(self.by.CSS_SELECTOR, "#scores-table tr[data-region]"):
+            region = row.get_attribute("data-region")
+            if region:
+                text = row.find_element(self.by.CSS_SELECTOR, ".score-value").text
+                scores[region] = float(text.split()[0])
+        return scores
+
+    def view_pictures(self) -> list[np.ndarray]:
+        """RGB pictures of the quad view's four views, in the page's order (``SLICE_VIEW_INDICES``)."""
+        views = self.driver.find_elements(self.by.CSS_SELECTOR, ".layout-grid-item")
+        return [picture(view.screenshot_as_png) for view in views]
+
+    def slice_pictures(self) -> list[np.ndarray]:
+        pictures = self.view_pictures()
+        return [pictures[index] for index in SLICE_VIEW_INDICES]
+
+    def upload(self, path: Path) -> None:
+        self.driver.find_element(self.by.CSS_SELECTOR, "#upload-input, input[type=file]").send_keys(str(path))
+
+    def trigger(self, name: str, arguments: list) -> object:
+        """Call a server trigger as a hand-made client would (the page's code is bypassed)."""
+        return self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "window.trame.trigger(arguments[0], arguments[1]).then(done, (error) => done(String(error)));",
+            name, arguments)
+
+    def save_screenshot(self, path: Path) -> Path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.driver.save_screenshot(str(path))
+        return Path(path)
+
+
+def wait_for_file(folder: Path, pattern: str, timeout_seconds: float = 60.0) -> Path:
+    """A finished download in ``folder`` matching ``pattern`` (Chromium's .crdownload parts ignored)."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        found = [path for path in Path(folder).glob(pattern) if not path.name.endswith(".crdownload")]
+        if found and found[0].stat().st_size > 0:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no download matching {pattern} arrived in {folder} within {timeout_seconds:.0f} s")
