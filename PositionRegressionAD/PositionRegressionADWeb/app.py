@@ -52,7 +52,7 @@ from PositionRegressionADWeb.settings import WebSettings
 from ppr.errors import PPRError
 
 LOG = logging.getLogger("PositionRegressionADWeb")
-TITLE = "Position Regression AD"
+TITLE = "Position Regression AD: anomaly detection in head CT"
 QUAD_VIEW = "PPR quad view"
 # Slicer's "Four-Up" order; the page lists the views in this order (tests rely on it).
 VIEW_ORDER = ("axial", "3d", "sagittal", "coronal")
@@ -152,8 +152,10 @@ class PositionRegressionWebApp(TrameApp):
         state.threshold_max = 1.0
         state.opacity = self.session.overlay_opacity
         state.scores = []
+        state.run_details = ""
         state.download_base = "scan"
-        state.upload_limit = uploads.megabytes(self.settings.max_upload_bytes)
+        state.upload_limit = uploads.human_size(self.settings.max_upload_bytes)
+        state.upload_key = 0
         self._refresh_lists()
         state.change("model_choice")(self._on_model_choice)
         state.change("threshold_mm")(self._on_threshold)
@@ -264,23 +266,33 @@ class PositionRegressionWebApp(TrameApp):
         if self.session.running:
             self._say("A detection is running: wait for it to finish or cancel it before uploading.", "error")
             return False
-        self._say(f"Uploading {uploads.display_name(name)} ...")
+        self._say(f"Uploading {uploads.safe_file_name(name)} ...")
         self._guarded("Uploading", lambda: self.upload.begin(name, size))
+        if not self.upload.active:
+            self._reset_upload_input()
         return self.upload.active
 
     def upload_piece(self, piece: object, offset: object) -> bool:
         self._guarded("Uploading", lambda: self.upload.add(offset, bytes_of_piece(piece)))
+        if not self.upload.active:
+            self._reset_upload_input()
         return self.upload.active
 
     async def upload_end(self) -> bool:
-        name = self.upload.name
+        name = uploads.display_name(self.upload.name)
         path = self._guarded("Uploading", self.upload.finish)
+        self._reset_upload_input()
         if path is None:
             return False
         try:
             return await self._load(path, name)
         finally:
             path.unlink(missing_ok=True)  # the scene holds the voxels now
+
+    def _reset_upload_input(self) -> None:
+        # A new key makes the page rebuild the file input, which empties it for the next upload.
+        with self.state:
+            self.state.upload_key += 1
 
     # ---- detection --------------------------------------------------------------------------
 
@@ -347,6 +359,7 @@ class PositionRegressionWebApp(TrameApp):
     def _clear_results_state(self) -> None:
         self.state.has_results = False
         self.state.scores = []
+        self.state.run_details = ""
 
     def _show_results(self) -> None:
         low, high = self.session.overlay_range_mm()
@@ -357,8 +370,12 @@ class PositionRegressionWebApp(TrameApp):
             self.state.has_results = True
             self.state.threshold_max = round(max(high, threshold), 2)
             self.state.threshold_mm = round(threshold, 2)
+            rows = self.session.score_rows()
+            # Millimetre figures go in the table; how the run was made fits on one line under it.
             self.state.scores = [{"label": row.label, "text": row.text(), "unit": row.unit,
-                                  "region": row.region or ""} for row in self.session.score_rows()]
+                                  "region": row.region or ""} for row in rows if row.unit == "mm"]
+            self.state.run_details = " · ".join(f"{row.label} {row.text()}{' ' + row.unit if row.unit else ''}"
+                                                for row in rows if row.unit != "mm")
 
     def _on_threshold(self, threshold_mm, **_) -> None:
         if self.session.results is None or self.session.running:
@@ -398,7 +415,7 @@ class PositionRegressionWebApp(TrameApp):
             content = Path(written).read_bytes()
         finally:
             target.unlink(missing_ok=True)
-        self._say(f"The {what} is downloading ({uploads.megabytes(len(content))}).", "info")
+        self._say(f"The {what} is downloading ({uploads.human_size(len(content))}).", "info")
         return self.server.protocol.addAttachment(content)
 
     async def download_scene(self):
@@ -429,7 +446,8 @@ class PositionRegressionWebApp(TrameApp):
     # ---- page -------------------------------------------------------------------------------
 
     def _build_ui(self) -> None:
-        with SinglePageWithDrawerLayout(self.server, width=400) as layout:
+        # Left: what to detect in and how; right: what came out. Views in between.
+        with SinglePageWithDrawerLayout(self.server, width=360) as layout:
             self.ui = layout
             layout.root.theme = "dark"
             layout.title.set_text(TITLE)
@@ -442,6 +460,7 @@ class PositionRegressionWebApp(TrameApp):
                 self._input_panel()
                 self._model_panel()
                 self._detect_panel()
+            with v3.VNavigationDrawer(location="right", permanent=True, width=320), v3.VContainer(classes="pa-3"):
                 self._display_panel()
                 self._scores_panel()
                 self._downloads_panel()
@@ -467,7 +486,7 @@ class PositionRegressionWebApp(TrameApp):
                     click="trigger('ppr_refresh')")
         v3.VFileInput(label=("`Upload a scan (.nii.gz, .nrrd, .mha; at most ${upload_limit})`",),
                       id="upload-input", accept=".nii,.gz,.nrrd,.mha", density="compact", hide_details=True,
-                      prepend_icon="mdi-upload", disabled=("running",), classes="mt-2",
+                      prepend_icon="mdi-upload", disabled=("running",), classes="mt-2", key=("upload_key",),
                       change="window.pprUpload($event.target)")
 
     def _model_panel(self) -> None:
@@ -515,6 +534,7 @@ class PositionRegressionWebApp(TrameApp):
                     html.Td("{{ row.text }} {{ row.unit }}", classes="score-value text-right")
                 with html.Tr(v_if=("!scores.length",)):
                     html.Td("No results yet.", colspan=2, classes="text-medium-emphasis")
+        html.Div("{{ run_details }}", id="run-details", classes="ppr-card mt-1 text-medium-emphasis")
 
     def _downloads_panel(self) -> None:
         self._heading("Download the results")

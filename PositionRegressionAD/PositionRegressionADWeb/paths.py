@@ -51,9 +51,9 @@ def check_relative_name(name: object) -> PurePosixPath:
     if path.is_absolute():
         raise PathRefusedError(f"{name!r} is an absolute path; only files inside the data folder can be opened: "
                                "pick a file from the list.")
-    if any(part in ("..", ".") or part.startswith(".") for part in name.split("/")):
-        raise PathRefusedError(f"{name!r} leaves the data folder or names a hidden file; only files inside "
-                               "the data folder can be opened: pick a file from the list.")
+    if any(part in ("", "..", ".") or part.startswith(".") for part in name.split("/")):
+        raise PathRefusedError(f"{name!r} is refused: a name with '..', '.', empty or hidden parts could leave "
+                               "the data folder; only files inside it can be opened: pick a file from the list.")
     return path
 
 

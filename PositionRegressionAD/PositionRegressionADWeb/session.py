@@ -225,5 +225,6 @@ class ViewerSession:
         """One row in the batch command's scores.csv format."""
         results = self._require_results()
         row = {"Scan": self.input_volume.GetName(), "Status": "ok", "Reason": "", **table_row(results.scores)}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_scores(Path(path), [row])
         return Path(path)

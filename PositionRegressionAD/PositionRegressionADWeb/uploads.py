@@ -45,20 +45,27 @@ class UploadRefusedError(PPRError):
     """An upload is too large, incomplete, or not a volume the viewer can read."""
 
 
-def megabytes(size_bytes: int) -> str:
+def human_size(size_bytes: int) -> str:
+    """"850 kB", "2.5 MB", "512 MB": a size as the page prints it."""
+    if size_bytes < 1e6:
+        return f"{size_bytes / 1e3:.0f} kB"
     return f"{size_bytes / 1e6:.1f} MB" if size_bytes < 10e6 else f"{size_bytes / 1e6:.0f} MB"
 
 
-def display_name(name: object) -> str:
-    """The uploaded file's name made safe to show and to name a volume (never used as a path)."""
-    text = str(name or "")
-    base = text.replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in (".nii.gz", *SUFFIX_OF_KIND.values()):
-        if base.lower().endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    base = SAFE_NAME_CHARS.sub("_", base).strip("._")[:80]
+def safe_file_name(name: object) -> str:
+    """The uploaded file's base name made safe to show (never used as a path on the server)."""
+    base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = SAFE_NAME_CHARS.sub("_", base).strip("._")[:100]
     return base or "uploaded scan"
+
+
+def display_name(name: object) -> str:
+    """A scan's name without its volume suffix, safe to show and to name a volume node."""
+    base = safe_file_name(name)
+    for suffix in (".nii.gz", *SUFFIX_OF_KIND.values()):
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def _nifti_kind(head: bytes) -> bool:
@@ -156,14 +163,14 @@ class UploadBuffer:
         return self._part is not None
 
     def _limit_message(self, size: int) -> str:
-        return (f"{self.name} is {megabytes(size)}, larger than this viewer's upload limit of "
-                f"{megabytes(self.max_bytes)}: put the scan in the viewer's data folder, or restart the viewer "
+        return (f"{self.name} is {human_size(size)}, larger than this viewer's upload limit of "
+                f"{human_size(self.max_bytes)}: put the scan in the viewer's data folder, or restart the viewer "
                 "with a larger --max-upload-mb.")
 
     def begin(self, name: object, declared_size: object) -> None:
         """Start a new upload (any unfinished one is dropped)."""
         self.discard()
-        self.name = display_name(name)
+        self.name = safe_file_name(name)
         if not isinstance(declared_size, int) or isinstance(declared_size, bool) or declared_size < 0:
             raise UploadRefusedError("The upload did not say how large it is: reload the page and try again.")
         if declared_size == 0:
@@ -201,8 +208,8 @@ class UploadBuffer:
             raise UploadRefusedError("No upload is in progress: choose the file again.")
         try:
             if self.received != self.declared_size:
-                raise UploadRefusedError(f"The upload of {self.name} stopped after {megabytes(self.received)} of "
-                                         f"{megabytes(self.declared_size)}: choose the file again.")
+                raise UploadRefusedError(f"The upload of {self.name} stopped after {human_size(self.received)} of "
+                                         f"{human_size(self.declared_size)}: choose the file again.")
             kind = check_volume_file(self._part, self.name)
             final = self._part.with_name(f"upload-{self._count}{SUFFIX_OF_KIND[kind]}")
             self._part.replace(final)

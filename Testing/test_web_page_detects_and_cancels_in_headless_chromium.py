@@ -1,0 +1,138 @@
+"""End to end in Debian's headless Chromium: the web viewer loads the sample, detects, shows, downloads, cancels.
+
+The server runs as a user starts it (``python -m PositionRegressionADWeb`` on 127.0.0.1, a free
+port), with the real detector (``python -m ppr detect`` in a child process) and a tiny untrained
+bundle on a coarse grid: its numbers mean nothing about anomalies, but they are the core's, and
+the page must show exactly what the scores file says. Every wait is on the page's state.
+
+Set PPR_WEB_SCREENSHOTS=DIR to also keep the page's pictures there (the README's come from it).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from PositionRegressionADLib.report import REGION_LABELS
+from PositionRegressionADWeb.testing import (
+    ViewerPage,
+    ViewerServer,
+    browser_missing,
+    head_box,
+    headless_chromium,
+    hot_pixels_in_head,
+    wait_for_file,
+)
+
+SAMPLE = "ctich_051"
+DETECTION_SECONDS = 240.0
+# Messages the detector prints while it works (ppr detect --progress), as the page relays them.
+DETECTOR_STEPS = ("reading the input", "bringing the scan into model space", "computing the error map")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, dev_data_dir) -> Path:
+    torch = pytest.importorskip("torch")
+    from ppr.bundle import save_bundle
+    from ppr.config import PreprocessConfig
+    from ppr.imageio import read_image
+    from ppr.network import PPRNet
+    from ppr.preprocess import prepare_reference
+
+    config = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
+    reference = prepare_reference(read_image(dev_data_dir / "ctich_054.nii.gz"), config)
+    torch.manual_seed(0)
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny", PPRNet(m=2, patch_size=29), config, reference,
+                       {"note": "untrained, for tests only"})
+
+
+def _is_detector_step(message: str) -> bool:
+    return any(message.startswith(step) for step in DETECTOR_STEPS)
+
+
+def _keep_picture(path: Path) -> None:
+    folder = os.environ.get("PPR_WEB_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(folder) / path.name)
+
+
+@pytest.mark.slow
+def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle, tmp_path):
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    (tmp_path / "data").mkdir()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    arguments = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle),
+                 "--sample", str(dev_data_dir / f"{SAMPLE}.nii.gz")]
+    with ViewerServer(arguments, log=tmp_path / "server.log") as server, \
+            headless_chromium(tmp_path / "profile", downloads, size=(1600, 1150)) as driver:
+        page = ViewerPage(driver, server.url)
+        assert "tiny" in page.element("model-card").text
+
+        page.click("load-sample")
+        page.wait_for_status(f"Loaded {SAMPLE}")
+        # Before any detection the slices show the grey scan and nothing hot.
+        before = page.wait_until(lambda: (lambda pictures: pictures if all(head_box(p) for p in pictures) else None)(
+            page.slice_pictures()), "the scan in the three slice views")
+        assert [hot_pixels_in_head(p) for p in before] == [0, 0, 0]
+
+        page.click("detect-button")
+        seen: list[str] = []
+
+        def finished() -> bool:
+            message = page.progress_message()
+            if _is_detector_step(message) and not any(map(_is_detector_step, seen)):
+                _keep_picture(page.save_screenshot(tmp_path / "web-progress.png"))
+            seen.append(message)
+            return any(word in page.status() for word in ("Done", "failed"))
+
+        page.wait_until(finished, "the detection to finish", DETECTION_SECONDS)
+        assert page.status().startswith("Done in"), page.status()
+        assert any(map(_is_detector_step, seen)), f"no progress from the detector was shown: {set(seen)}"
+
+        scores = page.wait_until(lambda: page.region_scores() if len(page.region_scores()) == 4 else None,
+                                 "the four region scores")
+        assert set(scores) == set(REGION_LABELS)
+        # Position error of a 64-voxel grid at 4 mm: within the grid's diagonal (about 443 mm).
+        assert all(0.0 < value < 64 * 4.0 * math.sqrt(3) for value in scores.values()), scores
+
+        # The overlay: hot colours inside the head on every slice through the highest error.
+        after = page.wait_until(
+            lambda: (lambda pictures: pictures if all(hot_pixels_in_head(p) >= 20 for p in pictures) else None)(
+                page.slice_pictures()), "the error overlay on the three slices")
+        assert all(hot_pixels_in_head(p) >= 20 for p in after)
+        _keep_picture(page.save_screenshot(tmp_path / "web-results.png"))
+
+        # Downloads hold the numbers the page shows.
+        page.click("download-scores")
+        with wait_for_file(downloads, f"{SAMPLE}_scores.csv").open(newline="") as handle:
+            (row,) = list(csv.DictReader(handle))
+        for region, label in REGION_LABELS.items():
+            assert round(float(row[label]), 2) == pytest.approx(scores[region], abs=0.006), label
+        page.click("download-error-map")
+        error_map = sitk.ReadImage(str(wait_for_file(downloads, f"{SAMPLE}_error_map.nii.gz")))
+        sample = sitk.ReadImage(str(dev_data_dir / f"{SAMPLE}.nii.gz"))
+        assert error_map.GetSize() == sample.GetSize()
+        np.testing.assert_allclose(error_map.GetOrigin(), sample.GetOrigin(), atol=0.01)
+        assert float(sitk.GetArrayViewFromImage(error_map).max()) > 0.0
+
+        # A second run, cancelled while it runs: the page says so, the first run's results stay.
+        page.click("detect-button")
+        page.wait_until(page.running, "the second run to start")
+        page.click("cancel-button")
+        assert "cancelled" in page.wait_for_status("cancelled", "Done", "failed")
+        assert page.region_scores() == scores
+        page.click("jump-button")
+        page.wait_for_status("Slices moved to the highest error")
+        assert server.answers_http()
+    assert server.process.returncode == 0
