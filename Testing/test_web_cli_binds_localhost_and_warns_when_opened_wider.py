@@ -9,7 +9,7 @@ import pytest
 
 import PositionRegressionADWeb.app as web_app
 from PositionRegressionADWeb.__main__ import build_parser, is_local_host, main, settings_from, wide_open_warning
-from PositionRegressionADWeb.settings import SAMPLE_DIR, default_sample_path
+from PositionRegressionADWeb.settings import default_sample_path
 
 
 class RecordingApp:
@@ -92,13 +92,10 @@ def test_unusable_settings_stop_with_exit_code_2_and_a_message(tmp_path, recordi
     assert err.startswith("error: ") and message in err
 
 
-def test_the_sample_is_the_first_scan_of_the_sample_folder(tmp_path):
-    assert default_sample_path(tmp_path / "none") is None
-    (tmp_path / "readme.txt").write_text("attribution")
-    assert default_sample_path(tmp_path) is None
-    (tmp_path / "b.nii.gz").write_bytes(b"x")
-    (tmp_path / "a.nrrd").write_bytes(b"x")
-    assert default_sample_path(tmp_path) == tmp_path / "a.nrrd"
-    assert SAMPLE_DIR.parts[-2:] == ("Resources", "Sample")
+def test_the_sample_button_opens_the_bundled_sample_unless_told_otherwise(tmp_path):
+    from PositionRegressionADLib.demo import SAMPLE_SCAN
+
+    assert default_sample_path(tmp_path / "none.nii.gz") is None
     args = build_parser().parse_args(["--data-dir", str(tmp_path)])
-    assert settings_from(args).sample_path == (default_sample_path().resolve() if default_sample_path() else None)
+    expected = SAMPLE_SCAN.resolve() if SAMPLE_SCAN.is_file() else None
+    assert settings_from(args).sample_path == expected

@@ -1,7 +1,7 @@
 """End to end in Debian's headless Chromium: the web viewer loads the sample, detects, shows, downloads, cancels.
 
 The server runs as a user starts it (``python -m PositionRegressionADWeb`` on 127.0.0.1, a free
-port), with the real detector (``python -m ppr detect`` in a child process) and a tiny untrained
+port; the bundled sample scan), with the real detector (``python -m ppr detect`` in a child process) and a tiny untrained
 bundle on a coarse grid: its numbers mean nothing about anomalies, but they are the core's, and
 the page must show exactly what the scores file says. Every wait is on the page's state.
 
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from PositionRegressionADLib.demo import SAMPLE_SCAN
 from PositionRegressionADLib.report import REGION_LABELS
 from PositionRegressionADWeb.testing import (
     ViewerPage,
@@ -31,7 +32,7 @@ from PositionRegressionADWeb.testing import (
     wait_for_file,
 )
 
-SAMPLE = "ctich_051"
+SAMPLE = SAMPLE_SCAN.name.split(".")[0]
 DETECTION_SECONDS = 240.0
 # Messages the detector prints while it works (ppr detect --progress), as the page relays them.
 DETECTOR_STEPS = ("reading the input", "bringing the scan into model space", "computing the error map")
@@ -72,8 +73,8 @@ def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle,
     (tmp_path / "data").mkdir()
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    arguments = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle),
-                 "--sample", str(dev_data_dir / f"{SAMPLE}.nii.gz")]
+    # No --sample: the button opens the bundled sample.
+    arguments = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)]
     with ViewerServer(arguments, log=tmp_path / "server.log") as server, \
             headless_chromium(tmp_path / "profile", downloads, size=(1600, 1150)) as driver:
         page = ViewerPage(driver, server.url)
@@ -121,7 +122,7 @@ def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle,
             assert round(float(row[label]), 2) == pytest.approx(scores[region], abs=0.006), label
         page.click("download-error-map")
         error_map = sitk.ReadImage(str(wait_for_file(downloads, f"{SAMPLE}_error_map.nii.gz")))
-        sample = sitk.ReadImage(str(dev_data_dir / f"{SAMPLE}.nii.gz"))
+        sample = sitk.ReadImage(str(SAMPLE_SCAN))
         assert error_map.GetSize() == sample.GetSize()
         np.testing.assert_allclose(error_map.GetOrigin(), sample.GetOrigin(), atol=0.01)
         assert float(sitk.GetArrayViewFromImage(error_map).max()) > 0.0

@@ -30,7 +30,7 @@ def test_the_server_refuses_unsafe_requests_and_keeps_serving(dev_data_dir, tmp_
     not_an_image.write_text("not an image\n" * 100)
 
     arguments = ["--data-dir", str(data), "--max-upload-mb", "1", "--model", str(tmp_path / "no-default-model"),
-                 "--sample", str(dev_data_dir / "ctich_051.nii.gz")]
+                 "--sample", str(dev_data_dir / "ctich_054.nii.gz")]
     with ViewerServer(arguments, log=tmp_path / "server.log") as server, \
             headless_chromium(tmp_path / "profile", tmp_path / "downloads") as driver:
         page = ViewerPage(driver, server.url)
@@ -53,7 +53,7 @@ def test_the_server_refuses_unsafe_requests_and_keeps_serving(dev_data_dir, tmp_
 
         # A detection that fails shows why, whether it fails before the detector starts or inside it.
         page.click("load-sample")
-        page.wait_for_status("Loaded ctich_051")
+        page.wait_for_status("Loaded ctich_054")
         page.click("detect-button")
         page.wait_for_status("No model bundle was found")
         driver.execute_script("window.trame.state.update({model_choice: 'models/broken'})")
@@ -65,6 +65,6 @@ def test_the_server_refuses_unsafe_requests_and_keeps_serving(dev_data_dir, tmp_
 
         # Still serving: the page loads a scan again.
         page.click("load-sample")
-        page.wait_for_status("Loaded ctich_051")
+        page.wait_for_status("Loaded ctich_054")
         assert server.answers_http()
     assert server.process.returncode == 0

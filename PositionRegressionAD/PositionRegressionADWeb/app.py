@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import tempfile
 from collections.abc import Callable
 from html import escape
@@ -339,7 +340,7 @@ class PositionRegressionWebApp(TrameApp):
             results = self.session.finish_detection()
             self._show_results()
             seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
-            self._say(f"Done in {seconds:.0f} s. The slices show the highest error; the scores are below.",
+            self._say(f"Done in {seconds:.0f} s. The slices show the highest error; the scores are on the right.",
                       "success")
         except DetectionCancelled:
             self._say("Detection cancelled: nothing was added; earlier results, if any, are unchanged.", "warning")
@@ -368,8 +369,8 @@ class PositionRegressionWebApp(TrameApp):
             view.reset_view()  # frame the new skull surface
         with self.state:
             self.state.has_results = True
-            self.state.threshold_max = round(max(high, threshold), 2)
-            self.state.threshold_mm = round(threshold, 2)
+            self.state.threshold_max = max(high, threshold)
+            self.state.threshold_mm = threshold  # exactly the Lib's, so echoing it back changes nothing
             rows = self.session.score_rows()
             # Millimetre figures go in the table; how the run was made fits on one line under it.
             self.state.scores = [{"label": row.label, "text": row.text(), "unit": row.unit,
@@ -378,20 +379,15 @@ class PositionRegressionWebApp(TrameApp):
                                                 for row in rows if row.unit != "mm")
 
     def _on_threshold(self, threshold_mm, **_) -> None:
-        if self.session.results is None or self.session.running:
-            return
-        try:
-            value = float(threshold_mm)
-        except (TypeError, ValueError):
+        value = _finite(threshold_mm)
+        if value is None or self.session.results is None or self.session.running:
             return
         self._guarded("Setting the threshold", lambda: self.session.set_overlay_threshold(max(value, 0.0)))
 
     def _on_opacity(self, opacity, **_) -> None:
-        try:
-            value = float(opacity)
-        except (TypeError, ValueError):
-            return
-        self._guarded("Setting the opacity", lambda: self.session.set_overlay_opacity(value))
+        value = _finite(opacity)
+        if value is not None:
+            self._guarded("Setting the opacity", lambda: self.session.set_overlay_opacity(value))
 
     def jump_to_highest_error(self) -> None:
         point = self._guarded("Jumping to the highest error", self.session.jump_to_highest_error)
@@ -507,21 +503,28 @@ class PositionRegressionWebApp(TrameApp):
         with html.Div(classes="d-flex mt-2"):
             v3.VBtn("Detect anomalies", id="detect-button", color="primary", classes="flex-grow-1 mr-2",
                     prepend_icon="mdi-magnify-scan", click="trigger('ppr_detect')",
-                    disabled=("running || !input_name",))
+                    disabled=("running || !input_name",), loading=("running",))
             v3.VBtn("Cancel", id="cancel-button", click="trigger('ppr_cancel')", disabled=("!running",))
-        v3.VProgressLinear(id="progress-bar", model_value=("progress",), v_show=("running",), height=6,
-                           color="primary", classes="mt-2")
+        # The detector reports no fraction while it registers: the bar moves to show it is working.
+        v3.VProgressLinear(id="progress-bar", model_value=("progress",), indeterminate=("progress === 0",),
+                           v_show=("running",), height=8, color="primary", classes="mt-2")
         html.Div("{{ progress_message }}", id="progress-message", v_show=("running",), classes="ppr-card mt-1")
         v3.VAlert(id="status-message", text=("status_text",), type=("status_type",), v_show=("status_text",),
                   density="compact", variant="tonal", classes="mt-2 ppr-card")
 
     def _display_panel(self) -> None:
         self._heading("Error overlay")
-        v3.VSlider(id="threshold-slider", label="Threshold", v_model=("threshold_mm",), min=0,
-                   max=("threshold_max",), step=0.1, density="compact", hide_details=True, thumb_label=True,
-                   disabled=("!has_results || running",))
-        v3.VSlider(id="opacity-slider", label="Opacity", v_model=("opacity",), min=0, max=1, step=0.05,
-                   density="compact", hide_details=True, thumb_label=True)
+        with html.Div(classes="d-flex align-center"):
+            v3.VSlider(id="threshold-slider", label="Threshold", v_model=("threshold_mm",), min=0,
+                       max=("threshold_max",), step=0.1, density="compact", hide_details=True,
+                       disabled=("!has_results || running",))
+            html.Div("{{ Number(threshold_mm).toFixed(1) }} mm", id="threshold-value",
+                     classes="ppr-card text-right", style="width: 5.5em; white-space: nowrap")
+        with html.Div(classes="d-flex align-center"):
+            v3.VSlider(id="opacity-slider", label="Opacity", v_model=("opacity",), min=0, max=1, step=0.05,
+                       density="compact", hide_details=True)
+            html.Div("{{ Math.round(100 * opacity) }} %", id="opacity-value", classes="ppr-card text-right",
+                     style="width: 5.5em; white-space: nowrap")
         v3.VBtn("Jump to the highest error", id="jump-button", block=True, prepend_icon="mdi-target",
                 click="trigger('ppr_jump')", disabled=("!has_results",), classes="mt-1")
 
@@ -554,3 +557,12 @@ def _describe_devices() -> str:
         return describe_devices()
     except Exception as error:  # a broken driver must not stop the viewer
         return f"Could not look for a GPU ({error!r}): detection may run on the CPU."
+
+
+def _finite(value: object) -> float | None:
+    """A number the page sent, or ``None`` when it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

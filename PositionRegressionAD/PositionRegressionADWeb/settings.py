@@ -1,7 +1,8 @@
 """How the web viewer is set up: its data folder, default model bundle, sample scan and upload limit.
 
-The bundled sample head CT is named here and nowhere else (``SAMPLE_DIR``). This module reads no
-scan and starts nothing: ``__main__`` fills ``WebSettings`` from the command line, ``app`` uses it.
+The sample head CT is the Lib's (``PositionRegressionADLib.demo.SAMPLE_SCAN``, the one place that
+names it). This module reads no scan and starts nothing: ``__main__`` fills ``WebSettings`` from
+the command line, ``app`` uses it.
 """
 
 from __future__ import annotations
@@ -9,24 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from PositionRegressionADLib.demo import SAMPLE_SCAN
 from PositionRegressionADLib.detection_logic import default_model_path
-from PositionRegressionADWeb.paths import SCAN_SUFFIXES
 from PositionRegressionADWeb.uploads import DEFAULT_MAX_UPLOAD_MB
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# The demo scan that ships with the extension (one CT-ICH case, CC BY 4.0, with its attribution).
-SAMPLE_DIR = REPO_ROOT / "Resources" / "Sample"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
-def default_sample_path(sample_dir: Path = SAMPLE_DIR) -> Path | None:
-    """The first scan file in the sample folder, or ``None`` when there is none."""
-    if not sample_dir.is_dir():
-        return None
-    scans = sorted(path for path in sample_dir.iterdir()
-                   if path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES))
-    return scans[0] if scans else None
+def default_sample_path(sample: Path = SAMPLE_SCAN) -> Path | None:
+    """The bundled sample scan, or ``None`` when this checkout has none."""
+    return sample if sample.is_file() else None
 
 
 @dataclass(frozen=True)

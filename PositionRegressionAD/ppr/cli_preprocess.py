@@ -2,13 +2,15 @@
 
 Argument parsing and printing only: the work is ``ppr.preprocess``. With ``--json`` the last stdout
 line is one JSON object with the registration quality, the transform (parameters, fixed parameters,
-4x4 matrix, model mm -> input mm) and the seconds of every step, which is the speed benchmark.
+4x4 matrix, model mm -> input mm) and the seconds of every step (wall, and CPU with the machine's
+load beside them, for a fair reading on a shared machine): this is the speed benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,18 +28,24 @@ DEFAULTS = PreprocessConfig()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="head CT: NIfTI, NRRD, MHA file or DICOM series folder")
     parser.add_argument("output", type=Path, help="model-space volume to write (e.g. out.nii.gz)")
-    parser.add_argument("--reference", type=Path, required=True, help="reference head CT (any readable format)")
-    parser.add_argument("--size", type=int, default=DEFAULTS.size, help="model grid voxels per axis (default %(default)s)")
-    parser.add_argument("--spacing", type=float, default=DEFAULTS.spacing_mm, help="model grid spacing in mm (default %(default)s)")
-    parser.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=list(DEFAULTS.window_hu),
-                        help="intensity window in HU (default %(default)s)")
-    parser.add_argument("--no-equalize", action="store_true", help="scale the window linearly instead of equalising")
+    parser.add_argument("--reference", type=Path, required=True,
+                        help="reference head CT (any readable format)")
+    parser.add_argument("--size", type=int, default=DEFAULTS.size,
+                        help="model grid voxels per axis (default %(default)s)")
+    parser.add_argument("--spacing", type=float, default=DEFAULTS.spacing_mm,
+                        help="model grid spacing in mm (default %(default)s)")
+    parser.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
+                        default=list(DEFAULTS.window_hu), help="intensity window in HU (default %(default)s)")
+    parser.add_argument("--no-equalize", action="store_true",
+                        help="scale the window linearly instead of equalising")
     parser.add_argument("--prewindowed", action="store_true",
                         help="the data was exported in the window already (air and bone saturate)")
     parser.add_argument("--min-metric", type=float, default=DEFAULTS.min_registration_metric,
                         help="refuse registrations whose quality is below this (default %(default)s)")
-    parser.add_argument("--masks", type=Path, metavar="DIR", help="also write the head mask and region masks here")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with metric, transform, seconds")
+    parser.add_argument("--masks", type=Path, metavar="DIR",
+                        help="also write the head mask and region masks here")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with metric, transform, seconds")
     parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
 
 
@@ -79,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         },
         "seconds": result.seconds,
         "total_seconds": sum(result.seconds.values()),
+        "cpu_seconds": result.cpu_seconds,
+        "load_average_1min": os.getloadavg()[0],
         "reference_seconds": reference_seconds,
     }
     if args.json:

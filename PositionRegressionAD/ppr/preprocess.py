@@ -50,12 +50,15 @@ class ModelSpaceVolume:
     head_mask: uint8 head foreground of this scan on the model grid.
     registration: the rigid transform (model -> input points) and its quality figure.
     seconds: wall time of each step (read, validate, resample, register, place, intensity, masks).
+    cpu_seconds: CPU time of each step, all threads of this process together (on a machine shared
+        with other work, wall time grows with the load and this does not).
     """
 
     volume: sitk.Image
     head_mask: sitk.Image
     registration: RegistrationResult
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def air_hu(config: PreprocessConfig) -> float:
@@ -108,31 +111,33 @@ def to_model_space(
     scan does not align with the reference head.
     """
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
     grid = model_grid_of(reference, config)
-    with _timed(seconds, "read"):
+    with _timed(seconds, cpu_seconds, "read"):
         if not isinstance(image, sitk.Image):
             image = read_image(image)
-    with _timed(seconds, "validate"):
+    with _timed(seconds, cpu_seconds, "validate"):
         validate_head_ct(image, config)
-    with _timed(seconds, "resample"):
+    with _timed(seconds, cpu_seconds, "resample"):
         smoothed = geometry.anti_alias(image, config.spacing_mm)
-    with _timed(seconds, "register"):
+    with _timed(seconds, cpu_seconds, "register"):
         registration = register_to_reference(smoothed, reference, config)
-    with _timed(seconds, "place"):
+    with _timed(seconds, cpu_seconds, "place"):
         placed = geometry.resample(smoothed, grid, registration.transform, sitk.sitkLinear, air_hu(config))
-    with _timed(seconds, "masks"):
+    with _timed(seconds, cpu_seconds, "masks"):
         mask = head_mask(placed, config.window_hu)
-    with _timed(seconds, "intensity"):
+    with _timed(seconds, cpu_seconds, "intensity"):
         volume = normalize(placed, mask, config)
-    return ModelSpaceVolume(volume, mask, registration, seconds)
+    return ModelSpaceVolume(volume, mask, registration, seconds, cpu_seconds)
 
 
 
 @contextmanager
-def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
-    """Add the wall time of the ``with`` block to seconds[step]."""
-    start = time.perf_counter()
+def _timed(seconds: dict[str, float], cpu_seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall and CPU time of the ``with`` block to seconds[step] and cpu_seconds[step]."""
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
-        seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - start
+        seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - wall
+        cpu_seconds[step] = cpu_seconds.get(step, 0.0) + time.process_time() - cpu
