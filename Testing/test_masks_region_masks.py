@@ -55,7 +55,8 @@ def with_open_skull(head: sitk.Image) -> sitk.Image:
     bone = values >= 0.8 * BONE_HU
     gaps = np.zeros_like(bone)
     for z_mm, side in ((40.0, 1.0), (15.0, -1.0), (-10.0, 1.0)):
-        gaps |= (np.abs(points[..., 2] - z_mm) < 3.0) & (np.abs(points[..., 1]) < 6.0) & (side * points[..., 0] > 0)
+        slab = np.abs(points[..., 2] - z_mm) < 3.0
+        gaps |= slab & (np.abs(points[..., 1]) < 6.0) & (side * points[..., 0] > 0)
     gaps |= (points[..., 2] > 60.0) & (np.hypot(points[..., 0], points[..., 1] - 10.0) < 6.0)
     values[bone & gaps] = 40
     opened = sitk.GetImageFromArray(values)
@@ -74,7 +75,8 @@ def test_enclosure_is_complete_inside_a_thin_oblique_shell_and_partial_outside()
 
 def test_intracranial_mask_fills_a_skull_open_in_several_slices():
     pose = make_head_to_physical()
-    reference = prepare_reference(with_open_skull(synthetic_head(size=(100, 100, 48), spacing=(2.0, 2.0, 4.0))), CONFIG)
+    head = with_open_skull(synthetic_head(size=(100, 100, 48), spacing=(2.0, 2.0, 4.0)))
+    reference = prepare_reference(head, CONFIG)
     brain = sitk.GetArrayFromImage(intracranial_mask(reference, CONFIG)).astype(bool)
     expected = expected_cranium(reference, pose)
     assert dice(brain, expected) > 0.9
@@ -137,7 +139,9 @@ def mirrored(mask: np.ndarray, reference: sitk.Image, normal: np.ndarray, point:
     """The mask reflected across a plane (nearest voxel)."""
     points = voxel_centers_mm(reference)[mask]
     reflected = points - 2.0 * ((points - point) @ normal)[:, None] * normal
-    index = np.round((reflected - np.asarray(reference.GetOrigin())) / np.asarray(reference.GetSpacing())).astype(int)
+    # The reference grid has identity direction: index = (point - origin) / spacing.
+    index = np.round((reflected - np.asarray(reference.GetOrigin())) / np.asarray(reference.GetSpacing()))
+    index = index.astype(int)
     inside = np.all((index >= 0) & (index < np.asarray(reference.GetSize())), axis=1)
     out = np.zeros(mask.shape, dtype=bool)
     out[index[inside, 2], index[inside, 1], index[inside, 0]] = True

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from synthetic_heads import make_head_to_physical, oblique_direction, synthetic_head
@@ -19,21 +20,24 @@ def run_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_writes_volume_masks_and_json(tmp_path, repo_root):
     reference = tmp_path / "reference.nrrd"
     scan = tmp_path / "scan.nii.gz"
     sitk.WriteImage(synthetic_head(size=(80, 80, 40), spacing=(2.5, 2.5, 5.0)), str(reference))
     pose = make_head_to_physical((4.0, -3.0, 9.0), (5.0, 3.0, -4.0))
-    sitk.WriteImage(synthetic_head(size=(110, 110, 36), spacing=(1.8, 1.8, 5.0), direction=oblique_direction(),
-                                   head_to_physical=pose), str(scan))
+    moved = synthetic_head(size=(110, 110, 36), spacing=(1.8, 1.8, 5.0), direction=oblique_direction(),
+                           head_to_physical=pose)
+    sitk.WriteImage(moved, str(scan))
     output = tmp_path / "out" / "model.nii.gz"
     masks = tmp_path / "masks"
-    completed = run_cli([str(scan), str(output), "--reference", str(reference), "--size", "72", "--spacing", "3",
-                         "--window", "-20", "100", "--masks", str(masks), "--json", "--progress"], repo_root)
+    completed = run_cli([str(scan), str(output), "--reference", str(reference), "--size", "72",
+                         "--spacing", "3", "--window", "-20", "100", "--masks", str(masks), "--json",
+                         "--progress"], repo_root)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["registration_metric"] > 0.25
-    assert set(report["seconds"]) == STEPS
+    assert set(report["seconds"]) == STEPS and set(report["cpu_seconds"]) == STEPS
     assert report["total_seconds"] == sum(report["seconds"].values())
     transform = sitk.Euler3DTransform()
     transform.SetFixedParameters(report["transform"]["fixed_parameters"])

@@ -21,8 +21,9 @@ from ppr.registration import affine_matrix_4x4
 
 CONFIG = PreprocessConfig(size=128, spacing_mm=2.0, prewindowed=True)
 REFERENCE_CASE = "ctich_054"
-# The hardest to register of the 32 (whole neck in the scan; heads yawed 30-50 degrees) and typical ones.
-HANDFUL = ["ctich_051", "ctich_069", "ctich_108", "ctich_127", "ctich_129", "ctich_100"]
+# The hardest to register of the 32: the whole neck in the scan (051, 108), the lowest quality
+# figure (069), a head yawed by 50 degrees (127). All 32 are reported by a script run.
+HANDFUL = ["ctich_051", "ctich_069", "ctich_108", "ctich_127"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,9 @@ def reference(dev_data_dir) -> sitk.Image:
     return prepare_reference(read_image(dev_data_dir / f"{REFERENCE_CASE}.nii.gz"), CONFIG)
 
 
-def moved_rigidly(image: sitk.Image, axis, angle_deg, translation_mm) -> tuple[sitk.Image, sitk.Euler3DTransform]:
+def moved_rigidly(
+    image: sitk.Image, axis, angle_deg, translation_mm
+) -> tuple[sitk.Image, sitk.Euler3DTransform]:
     """The same voxels placed elsewhere in physical space (no resampling): rotated about the
     image's centre and shifted. Returns the moved image and the motion (old point -> new point)."""
     versor = sitk.VersorRigid3DTransform()
@@ -47,6 +50,7 @@ def moved_rigidly(image: sitk.Image, axis, angle_deg, translation_mm) -> tuple[s
     return moved, motion
 
 
+@pytest.mark.slow
 def test_moved_case_preprocesses_to_the_same_model_space_volume(dev_data_dir, reference):
     image = read_image(dev_data_dir / "ctich_100.nii.gz")
     # 12 degrees about an oblique axis (not one of the initial search's grid rotations), 10 mm.
@@ -67,6 +71,7 @@ def test_moved_case_preprocesses_to_the_same_model_space_volume(dev_data_dir, re
     assert np.linalg.norm((found @ centre - expected @ centre)[:3]) < 2.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", HANDFUL)
 def test_dev_case_registers_to_the_reference(dev_data_dir, reference, case):
     result = to_model_space(dev_data_dir / f"{case}.nii.gz", reference, CONFIG)

@@ -67,8 +67,9 @@ def test_model_space_volume_is_normalised_masked_and_timed(head, reference):
     # plus the part of neck and face in the grid).
     head_ml = inside.sum() * CONFIG.spacing_mm**3 / 1000.0
     assert 2000.0 < head_ml < 3200.0
-    assert set(result.seconds) == STEPS
+    assert set(result.seconds) == STEPS and set(result.cpu_seconds) == STEPS
     assert all(value >= 0.0 for value in result.seconds.values())
+    assert all(value >= 0.0 for value in result.cpu_seconds.values())
     assert result.seconds["register"] == pytest.approx(result.registration.seconds, rel=0.2, abs=0.05)
 
 
@@ -108,7 +109,8 @@ def test_equalisation_flattens_the_head_histogram():
 
 
 def test_isotropic_resampling_keeps_the_box_and_physical_positions():
-    image = synthetic_head(size=(90, 90, 30), spacing=(2.2, 2.2, 6.0), direction=oblique_direction((5.0, 3.0, 30.0)))
+    image = synthetic_head(size=(90, 90, 30), spacing=(2.2, 2.2, 6.0),
+                           direction=oblique_direction((5.0, 3.0, 30.0)))
     grid = isotropic_grid(image, 3.0)
     assert grid.spacing == (3.0, 3.0, 3.0) and grid.direction == Grid.of(image).direction
     assert grid.size == (66, 66, 60)

@@ -26,8 +26,10 @@ from PositionRegressionADWeb.testing import (
     ViewerPage,
     ViewerServer,
     browser_missing,
+    changed_pixels,
     head_box,
     headless_chromium,
+    hot_pixels,
     hot_pixels_in_head,
     wait_for_file,
 )
@@ -83,8 +85,8 @@ def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle,
         page.click("load-sample")
         page.wait_for_status(f"Loaded {SAMPLE}")
         # Before any detection the slices show the grey scan and nothing hot.
-        before = page.wait_until(lambda: (lambda pictures: pictures if all(head_box(p) for p in pictures) else None)(
-            page.slice_pictures()), "the scan in the three slice views")
+        before = page.wait_for_slices(lambda pictures: all(head_box(p) for p in pictures),
+                                      "the scan in the three slice views")
         assert [hot_pixels_in_head(p) for p in before] == [0, 0, 0]
 
         page.click("detect-button")
@@ -108,11 +110,34 @@ def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle,
         assert all(0.0 < value < 64 * 4.0 * math.sqrt(3) for value in scores.values()), scores
 
         # The overlay: hot colours inside the head on every slice through the highest error.
-        after = page.wait_until(
-            lambda: (lambda pictures: pictures if all(hot_pixels_in_head(p) >= 20 for p in pictures) else None)(
-                page.slice_pictures()), "the error overlay on the three slices")
-        assert all(hot_pixels_in_head(p) >= 20 for p in after)
+        page.wait_for_slices(lambda pictures: all(hot_pixels_in_head(p) >= 20 for p in pictures),
+                             "the error overlay on the three slices")
+        shown = page.settled_slices()
+        assert all(hot_pixels_in_head(p) >= 20 for p in shown)
+        assert "Stride 4" in page.element("run-details").text
+        assert not page.element("device-line").text.startswith("Looking")
         _keep_picture(page.save_screenshot(tmp_path / "web-results.png"))
+
+        # Those hot pixels are the error map's (not only the candidates' outlines): opacity 0 takes them away.
+        page.slider_to_end("opacity-slider", "min")
+        hidden = page.wait_for_slices(
+            lambda pictures: all(changed_pixels(a, b).sum() > 100 for a, b in zip(shown, pictures)),
+            "the overlay to fade at opacity 0")
+        assert page.element("opacity-value").text == "0 %"
+        for picture_shown, picture_hidden in zip(shown, hidden):
+            box = head_box(picture_shown)
+            overlay = hot_pixels(picture_shown) & changed_pixels(picture_shown, picture_hidden)
+            assert overlay[box].sum() >= 20
+        # At the top threshold and full opacity, only the highest error is left over the scan.
+        page.slider_to_end("threshold-slider", "max")
+        page.slider_to_end("opacity-slider", "max")
+        page.wait_for_slices(lambda pictures: any(changed_pixels(a, b).any() for a, b in zip(hidden, pictures)),
+                             "the overlay at full opacity")
+        top = page.settled_slices()
+        assert page.element("threshold-value").text == f"{page.state('threshold_max'):.1f} mm"
+        area_default = sum(changed_pixels(a, b).sum() for a, b in zip(shown, hidden))
+        area_top = sum(changed_pixels(a, b).sum() for a, b in zip(hidden, top))
+        assert 0 < area_top < area_default / 2, (area_top, area_default)
 
         # Downloads hold the numbers the page shows.
         page.click("download-scores")

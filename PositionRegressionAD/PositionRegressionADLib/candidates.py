@@ -1,7 +1,7 @@
-"""Anomaly candidates: connected regions of high position error as a segmentation.
+"""Anomaly candidates: connected regions of a high anomaly map (z-map or error map) as a segmentation.
 
 One segment per region at or above the threshold, small regions dropped, the largest first, each
-named with its volume and peak error. All segments share one labelmap on the error map's grid (the
+named with its volume and peak value (z, or error in mm). All segments share one labelmap on the error map's grid (the
 input's), so the segmentation is ready for the Segment Editor and for Segment Statistics. The
 segmentation node is returned detached: adding it to a scene is the caller's job.
 """
@@ -17,8 +17,12 @@ from PositionRegressionADLib.geometry import ijk_to_ras
 
 
 def build_candidates(error_map: slicer.vtkMRMLScalarVolumeNode, threshold_mm: float, min_volume_mm3: float,
-                     max_count: int, name: str) -> slicer.vtkMRMLSegmentationNode:
-    """Segmentation of the regions at or above ``threshold_mm`` of at least ``min_volume_mm3``."""
+                     max_count: int, name: str, unit: str = "mm") -> slicer.vtkMRMLSegmentationNode:
+    """Segmentation of the regions at or above the threshold of at least ``min_volume_mm3``.
+
+    ``error_map`` is the displayed map: the error map (``unit`` "mm", threshold in mm) or the z-map
+    (``unit`` "z", threshold in z).
+    """
     spacing = error_map.GetSpacing()
     min_voxels = int(np.ceil(min_volume_mm3 / float(np.prod(spacing))))
     regions = vtk.vtkImageConnectivityFilter()
@@ -49,7 +53,7 @@ def build_candidates(error_map: slicer.vtkMRMLScalarVolumeNode, threshold_mm: fl
     for rank in range(1, count + 1):
         inside = labels == rank
         segment = slicer.vtkSegment()
-        segment.SetName(f"Candidate {rank}: {inside.sum() * voxel_ml:.1f} mL, peak {errors[inside].max():.1f} mm")
+        segment.SetName(f"Candidate {rank}: {inside.sum() * voxel_ml:.1f} mL, peak {_peak(errors[inside].max(), unit)}")
         colour = [0.0, 0.0, 0.0, 0.0]
         colours.GetColor((rank - 1) % colours.GetNumberOfColors(), colour)
         segment.SetColor(colour[:3])
@@ -57,6 +61,10 @@ def build_candidates(error_map: slicer.vtkMRMLScalarVolumeNode, threshold_mm: fl
         segment.SetLabelValue(rank)
         segmentation.AddSegment(segment, f"candidate_{rank}")
     return segmentation_node
+
+
+def _peak(value: float, unit: str) -> str:
+    return f"z {value:.1f}" if unit == "z" else f"{value:.1f} mm"
 
 
 def _oriented_labelmap(volume: slicer.vtkMRMLScalarVolumeNode, labels: np.ndarray) -> slicer.vtkOrientedImageData:

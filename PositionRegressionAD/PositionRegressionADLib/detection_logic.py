@@ -15,6 +15,8 @@ Usage, blocking (batch, tests)::
     results = logic.detect(volume_node, DetectionOptions(model_path=default_model_path()),
                            on_progress=lambda p: print(f"{p.fraction:.0%} {p.message}"))
     results.error_map, results.skull_surface, results.scores, results.candidates
+    results.z_map             # calibrated model: the z-map (else None)
+    results.displayed_map     # what the overlay, the surface and the candidates show
 
 Usage, polled from a GUI timer::
 
@@ -89,12 +91,15 @@ class DetectionOptions:
     stride: the error map is computed every ``stride`` voxels of the model grid and interpolated
         between (``PREVIEW_STRIDE`` = 4 is quick, ``FULL_RESOLUTION_STRIDE`` = 1 is the paper's).
     device: "auto" (GPU when there is one), "cuda" or "cpu".
+    use_calibration: with a calibrated model, compute the z-map and score regions on it; False
+        ignores the calibration (error in mm only, to compare).
     """
 
     model_path: Path = DEFAULT_MODEL_PATH
     device: str = "auto"
     stride: int = PREVIEW_STRIDE
     display: ResultDisplayOptions = field(default_factory=ResultDisplayOptions)
+    use_calibration: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_path", Path(self.model_path))
@@ -182,15 +187,17 @@ class DetectionLogic:
 
     def detect_command(self, input_path: Path, error_map_path: Path, options: DetectionOptions) -> list[str]:
         python = self.python_command or default_python_command()
+        # No --z-out: the z-map lands beside the error map (inside the run's folder) and the report names it.
         return [*python, "-m", "ppr", "detect", str(input_path), "--model", str(options.model_path),
                 "--out", str(error_map_path), "--device", options.device, "--stride", str(options.stride),
-                "--json", "--progress"]
+                "--json", "--progress"] + ([] if options.use_calibration else ["--no-calibration"])
 
     def finish(self, run: DetectionRun) -> DetectionResults:
         """Wait for the child, then add its results to the scene; always removes the temporary files."""
         try:
             outcome = run.process.outcome()
             report = _report_of(outcome, run.options)
+            _check_inside(report.z_map, run.work_dir)
             input_volume = self.scene.GetNodeByID(run.input_volume_id)
             if input_volume is None:
                 raise DetectionFailedError("The input volume was removed from the scene during detection.")
@@ -253,6 +260,13 @@ def _export_volume(volume: slicer.vtkMRMLScalarVolumeNode, path: Path) -> Path:
         raise DetectionFailedError(f"The input could not be written to the temporary folder {path.parent}: "
                                    "check the free disk space.")
     return path
+
+
+def _check_inside(path: str | None, work_dir: Path) -> None:
+    """A reported z-map must be in the run's folder: that is the only place cleaned up and trusted."""
+    if path is not None and Path(work_dir).resolve() not in Path(path).resolve().parents:
+        raise DetectionFailedError(f"The detector wrote its z-map outside its work folder ({path}): "
+                                   "update the extension so the detector and the module match.")
 
 
 def _report_of(outcome: ProcessOutcome, options: DetectionOptions) -> DetectionReport:

@@ -1,10 +1,12 @@
 """Offscreen pictures of results: slices through the worst point, skull surface from several sides.
 
 Slices are made by Slicer's own slice logic (``vtkMRMLSliceLogic``), so a picture blends the input
-and the error map exactly as a slice view does: same colour table, threshold and opacity. It needs
-no OpenGL. A small cyan cross marks the highest-error point. The surface is rendered with plain VTK
+and the displayed map (``DetectionResults.displayed_map``: the z-map of a calibrated model, else
+the error map) exactly as a slice view does: same colour table, threshold and opacity. It needs no
+OpenGL. A small cyan cross marks the most anomalous point. The surface is rendered with plain VTK
 in an offscreen window (EGL with Mesa llvmpipe on a machine without a display), coloured by the
-error probed at each point with the same table and range as the overlay.
+array its display shows (z or error probed at each point) with the same table and range as the
+overlay.
 
 This module only draws what is in the scene; it computes no result and changes no result node.
 Temporary slice nodes it needs are removed again before it returns.
@@ -23,8 +25,8 @@ import vtk
 from vtk.util import numpy_support
 
 from PositionRegressionADLib.results import DetectionResults
-from PositionRegressionADLib.skull_surface import ERROR_ARRAY_NAME
 from PositionRegressionADLib.scene_io import SceneContext
+from PositionRegressionADLib.skull_surface import Z_ARRAY_NAME
 
 SLICE_ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
 MARKER_RGB = (0, 255, 255)
@@ -42,15 +44,15 @@ SURFACE_VIEWS: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 def render_slices(context: SceneContext, results: DetectionResults, background: slicer.vtkMRMLScalarVolumeNode,
                   out_prefix: Path, size_px: int = 512,
                   point_ras: tuple[float, float, float] | None = None) -> list[Path]:
-    """Write ``<out_prefix>_axial.png`` etc.: the error map over ``background`` through ``point_ras``.
+    """Write ``<out_prefix>_axial.png`` etc.: the displayed map over ``background`` through ``point_ras``.
 
-    point_ras: the highest-error point when not given. Returns the written paths.
+    point_ras: the most anomalous point when not given. Returns the written paths.
     """
     point = point_ras or results.max_error_ras
     overlay_opacity = _overlay_opacity(context.scene, results)
     written = []
     for orientation in SLICE_ORIENTATIONS:
-        image = _slice_image(context, background, results.error_map, overlay_opacity, orientation, point, size_px)
+        image = _slice_image(context, background, results.displayed_map, overlay_opacity, orientation, point, size_px)
         path = Path(f"{out_prefix}_{orientation.lower()}.png")
         _write_png(image, path)
         written.append(path)
@@ -58,10 +60,10 @@ def render_slices(context: SceneContext, results: DetectionResults, background: 
 
 
 def _overlay_opacity(scene: slicer.vtkMRMLScene, results: DetectionResults) -> float:
-    # The user's current choice if a slice view shows this error map, else the usual default.
+    # The user's current choice if a slice view shows the displayed map, else the usual default.
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
-        if composite.GetForegroundVolumeID() == results.error_map.GetID():
+        if composite.GetForegroundVolumeID() == results.displayed_map.GetID():
             return composite.GetForegroundOpacity()
     return 0.5
 
@@ -151,9 +153,11 @@ def _use_offscreen_egl() -> None:
 
 def render_surface(results: DetectionResults, path: Path, view_px: int = 400,
                    views: tuple[str, ...] = tuple(SURFACE_VIEWS)) -> Path:
-    """Write one PNG with the skull surface coloured by error, one tile per view (3 per row)."""
+    """Write one PNG with the skull surface coloured as its display shows it (z or error), one tile
+    per view (3 per row)."""
     _use_offscreen_egl()
     display = results.skull_surface.GetDisplayNode()
+    array_name = display.GetActiveScalarName()
     lookup = vtk.vtkLookupTable()
     lookup.DeepCopy(display.GetColorNode().GetLookupTable())
     lookup.SetRange(display.GetScalarRange())
@@ -161,7 +165,7 @@ def render_surface(results: DetectionResults, path: Path, view_px: int = 400,
     mapper = vtk.vtkPolyDataMapper()
     mapper.SetInputData(results.skull_surface.GetPolyData())
     mapper.SetScalarModeToUsePointFieldData()
-    mapper.SelectColorArray(ERROR_ARRAY_NAME)
+    mapper.SelectColorArray(array_name)
     mapper.SetLookupTable(lookup)
     mapper.UseLookupTableScalarRangeOn()
     mapper.ScalarVisibilityOn()
@@ -171,7 +175,7 @@ def render_surface(results: DetectionResults, path: Path, view_px: int = 400,
 
     renderer = vtk.vtkRenderer()
     renderer.AddActor(actor)
-    renderer.AddViewProp(_scalar_bar(lookup))
+    renderer.AddViewProp(_scalar_bar(lookup, "z" if array_name == Z_ARRAY_NAME else "error mm"))
     renderer.SetBackground(0.1, 0.1, 0.12)
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(True)
@@ -192,10 +196,10 @@ def render_surface(results: DetectionResults, path: Path, view_px: int = 400,
     return Path(path)
 
 
-def _scalar_bar(lookup: vtk.vtkLookupTable) -> vtk.vtkScalarBarActor:
+def _scalar_bar(lookup: vtk.vtkLookupTable, title: str) -> vtk.vtkScalarBarActor:
     bar = vtk.vtkScalarBarActor()
     bar.SetLookupTable(lookup)
-    bar.SetTitle("error mm")
+    bar.SetTitle(title)
     bar.SetNumberOfLabels(3)
     bar.SetMaximumWidthInPixels(60)
     bar.SetPosition(0.85, 0.1)

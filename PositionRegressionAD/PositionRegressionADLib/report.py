@@ -1,9 +1,10 @@
 """What a detection reported and the scores table built from it.
 
 ``DetectionReport`` is the JSON object of ``ppr detect --json`` (plus the model used); the scores
-table is one row: each region score, the error summary, and how the run was made (model, device,
-stride, method, seconds, registration metric). This module does not compute any score: the numbers
-are the detector's, copied as they are.
+table is one row: each region score (z with a calibrated model, else mm: column "Score map"), the
+error summary (and the z summary), the overlay threshold used and on which map, and how the run
+was made (model, device, stride, method, seconds, registration metric). This module does not
+compute any score: the numbers are the detector's, copied as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import vtk
 
 from ppr.errors import PPRError
 
+SCORE_MAPS = ("z", "mm")
 REGION_LABELS = {
     "left_hemisphere": "Left hemisphere",
     "right_hemisphere": "Right hemisphere",
@@ -42,21 +44,46 @@ class DetectionReport:
     registration_metric: float
     error_mm: dict[str, float] = field(default_factory=dict)
     aggregate: str = ""
+    score_map: str = "mm"
+    overlay_threshold: float | None = None
+    z_map: str | None = None
+    z: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
+        """The report of ``ppr detect --json``; a detector from before calibration reads as "mm"."""
         try:
-            return cls(model=model, seconds=float(data["seconds"]), device=str(data["device"]),
-                       stride=int(data["stride"]), method=str(data["method"]),
-                       regions=_flatten_numbers(data["regions"]),
-                       max_error_lps=tuple(float(v) for v in data["max_error_lps"]),
-                       registration_metric=float(data["registration_metric"]),
-                       error_mm=_flatten_numbers(data.get("error_mm", {})),
-                       aggregate=str(data.get("aggregate", "")))
+            report = cls(model=model, seconds=float(data["seconds"]), device=str(data["device"]),
+                         stride=int(data["stride"]), method=str(data["method"]),
+                         regions=_flatten_numbers(data["regions"]),
+                         max_error_lps=tuple(float(v) for v in data["max_error_lps"]),
+                         registration_metric=float(data["registration_metric"]),
+                         error_mm=_flatten_numbers(data.get("error_mm", {})),
+                         aggregate=str(data.get("aggregate", "")),
+                         score_map=str(data.get("score_map", "mm")),
+                         overlay_threshold=_number_or_none(data.get("overlay_threshold")),
+                         z_map=None if data.get("z_map") is None else str(data["z_map"]),
+                         z=_flatten_numbers(data.get("z") or {}))
         except (KeyError, TypeError, ValueError) as error:
             raise ResultImportError(
                 f"The detection finished but its report is incomplete ({error!r}). "
                 "Update the extension so the detector and the module match.") from error
+        report.check_score_map()
+        return report
+
+    def check_score_map(self) -> None:
+        """A z report names its z-map and threshold; an mm report has neither."""
+        calibrated = self.z_map is not None and self.overlay_threshold is not None
+        if self.score_map not in SCORE_MAPS or calibrated != (self.score_map == "z"):
+            raise ResultImportError(
+                f"The detection reported score map {self.score_map!r} with z-map {self.z_map!r} and threshold "
+                f"{self.overlay_threshold!r}, which do not belong together. Update the extension so the "
+                "detector and the module match.")
+
+    @property
+    def score_unit(self) -> str:
+        """Unit of the region scores: "z" (healthy spreads from the healthy median) or "mm"."""
+        return self.score_map
 
     def score_columns(self) -> dict[str, float]:
         """Region scores under the names users read, in a stable order."""
@@ -66,6 +93,10 @@ class DetectionReport:
             label = REGION_LABELS.get(region, region.replace("_", " ").capitalize())
             columns[f"{label} {detail}".strip()] = value
         return columns
+
+
+def _number_or_none(value: object) -> float | None:
+    return None if value is None else float(value)
 
 
 def _flatten_numbers(value: object, prefix: str = "") -> dict[str, float]:
@@ -81,19 +112,33 @@ def _flatten_numbers(value: object, prefix: str = "") -> dict[str, float]:
     return {prefix or "value": math.nan if value is None else float(value)}
 
 
-def build_scores_table(report: DetectionReport, name: str) -> slicer.vtkMRMLTableNode:
-    """One row: each region score, the error summary, and how the run was made."""
+def build_scores_table(report: DetectionReport, name: str, overlay_threshold: float | None = None,
+                       overlay_map: str | None = None) -> slicer.vtkMRMLTableNode:
+    """One row: each region score, the error (and z) summary, the overlay threshold used and on
+    which map ("z" or "mm"; columns only when given), and how the run was made."""
     table = slicer.vtkMRMLTableNode()
     table.SetName(name)
     how = f"{report.aggregate} of the" if report.aggregate else "Aggregate of the"
+    scored = ("calibrated z-map (how unusual the position error is for the place, in healthy spreads)"
+              if report.score_map == "z" else "position error, mm")
     for label, value in report.score_columns().items():
         _add_column(table, vtk.vtkDoubleArray(), label, value,
-                    f"{how} position error in the region, mm (empty: the region misses the scan)", "mm")
+                    f"{how} {scored} in the region (empty: the region misses the scan)", report.score_unit)
     for key, value in report.error_mm.items():
         label = "Error (mm)" if key == "value" else f"Error {key} (mm)"
         _add_column(table, vtk.vtkDoubleArray(), label, value, f"{key} of the position error over the head", "mm")
+    for key, value in report.z.items():
+        _add_column(table, vtk.vtkDoubleArray(), f"z {key}", value, f"{key} of the calibrated z-map over the head", "z")
+    _add_column(table, vtk.vtkStringArray(), "Score map", report.score_map,
+                "Map the region scores aggregate: z (calibrated z-map) or mm (position error)")
     if report.aggregate:
-        _add_column(table, vtk.vtkStringArray(), "Region score", report.aggregate, "How region scores aggregate the error")
+        _add_column(table, vtk.vtkStringArray(), "Region score", report.aggregate, "How region scores aggregate the map")
+    if overlay_threshold is not None:
+        unit = overlay_map or report.score_unit
+        _add_column(table, vtk.vtkDoubleArray(), "Overlay threshold", overlay_threshold,
+                    "Values below this are not shown in the overlay and are not anomaly candidates", unit)
+        _add_column(table, vtk.vtkStringArray(), "Overlay map", unit,
+                    "Map shown over the scan and on the skull surface: z (z-map) or mm (error map)")
     _add_column(table, vtk.vtkStringArray(), "Model", report.model, "Model bundle used")
     _add_column(table, vtk.vtkStringArray(), "Device", report.device, "Device the network ran on")
     _add_column(table, vtk.vtkIntArray(), "Stride", report.stride, "Error map computed every this many voxels")

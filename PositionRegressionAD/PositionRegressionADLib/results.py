@@ -1,9 +1,18 @@
-"""Turn a finished detection into scene nodes: error map overlay, skull surface, scores, candidates.
+"""Turn a finished detection into scene nodes: error map and z-map overlays, skull surface, scores, candidates.
 
 Two steps, so a failure never leaves half a result in the scene: ``build_results`` computes every
-node detached from any scene (error map read from the child's file, skull surface with the error
-probed at each point, scores table, "Anomaly candidates" segmentation); ``add_results_to_scene``
-then removes the input's previous results and adds the new ones with their display settings.
+node detached from any scene (error map, and with a calibrated model the z-map, read from the
+child's files; skull surface with the displayed map probed at each point; scores table; "Anomaly
+candidates" segmentation); ``add_results_to_scene`` then removes the input's previous results and
+adds the new ones with their display settings.
+
+The displayed map (slice overlay, surface colours, candidates) is the z-map with the calibrated
+threshold when the model is calibrated: on real scans the raw error is dominated by the neck and
+shoulders, so a threshold on it shows nothing inside the head, while z says how unusual the error
+is for each place. ``overlay_threshold_z`` overrides the calibrated threshold; a threshold in mm
+(``overlay_threshold_mm``) can only mean the error map, so it shows the error map instead. Without
+a calibration the error map is displayed as before (threshold: a percentile of its support). The
+error map node stays in the scene either way, with its own display settings.
 
 All result nodes carry a reference to their input volume (role ``INPUT_REFERENCE_ROLE``) and their
 kind (attribute ``ROLE_ATTRIBUTE``), so they are found again after a scene is saved and reloaded.
@@ -23,18 +32,32 @@ from PositionRegressionADLib.candidates import build_candidates
 from PositionRegressionADLib.colormap import build_inferno_color_table, existing_inferno_color_table
 from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array, voxel_to_ras
 from PositionRegressionADLib.report import DetectionReport, ResultImportError, build_scores_table
-from PositionRegressionADLib.skull_surface import ERROR_ARRAY_NAME, bone_threshold, build_skull_surface
+from PositionRegressionADLib.skull_surface import (
+    ERROR_ARRAY_NAME,
+    Z_ARRAY_NAME,
+    bone_threshold,
+    build_skull_surface,
+)
+from ppr.errors import BundleError
 
 ROLE_ATTRIBUTE = "PositionRegressionAD.Role"
 INPUT_REFERENCE_ROLE = "positionRegressionInput"
 MAX_ERROR_ATTRIBUTE = "PositionRegressionAD.MaxErrorRAS"
 THRESHOLD_ATTRIBUTE = "PositionRegressionAD.OverlayThresholdMM"
+THRESHOLD_Z_ATTRIBUTE = "PositionRegressionAD.OverlayThresholdZ"
+CALIBRATED_THRESHOLD_Z_ATTRIBUTE = "PositionRegressionAD.CalibratedThresholdZ"
+# On the error map node (always present): which map the overlay shows, "z" or "mm".
+DISPLAYED_MAP_ATTRIBUTE = "PositionRegressionAD.DisplayedMap"
 
 ROLE_ERROR_MAP = "ErrorMap"
 ROLE_SKULL_SURFACE = "SkullSurface"
 ROLE_SCORES = "Scores"
 ROLE_CANDIDATES = "AnomalyCandidates"
+ROLE_Z_MAP = "ZMap"
+# Every complete result has these; the z-map only when the model is calibrated.
 RESULT_ROLES = (ROLE_ERROR_MAP, ROLE_SKULL_SURFACE, ROLE_SCORES, ROLE_CANDIDATES)
+OPTIONAL_RESULT_ROLES = (ROLE_Z_MAP,)
+MAP_KINDS = ("z", "mm")
 # Geometry written to NIfTI by the child comes back as float32: allow that rounding, nothing more.
 GEOMETRY_TOLERANCE_MM = 0.01
 
@@ -44,8 +67,12 @@ class ResultDisplayOptions:
     """How results are shown.
 
     overlay_threshold_mm: error below this is transparent in the slice overlay and outside the
-        anomaly candidates; ``None`` takes the ``threshold_percentile`` of the error inside the
-        error map's support (the scores issue replaces this with a calibrated value).
+        anomaly candidates. Given, the error map is the displayed map even when the model is
+        calibrated (a threshold in mm means the error map). ``None``: the z-map with its threshold
+        when calibrated; without calibration the ``threshold_percentile`` of the error inside the
+        error map's support (also the error map node's own threshold when the z-map is displayed).
+    overlay_threshold_z: z below this is transparent and outside the candidates, instead of the
+        calibrated threshold; only for calibrated models (others have no z-map).
     overlay_opacity: opacity of the error map over the input in the slice views (0..1).
     bone_threshold: input intensity at which the skull surface is drawn; ``None`` chooses it from
         the input (near the maximum for window-clipped exports, 300 HU otherwise).
@@ -59,8 +86,11 @@ class ResultDisplayOptions:
     bone_threshold: float | None = None
     min_candidate_volume_mm3: float = 50.0
     max_candidates: int = 10
+    overlay_threshold_z: float | None = None
 
     def __post_init__(self) -> None:
+        if self.overlay_threshold_mm is not None and self.overlay_threshold_z is not None:
+            raise ValueError("give the overlay threshold in mm or in z, not both")
         if not 0.0 <= self.overlay_opacity <= 1.0:
             raise ValueError(f"overlay_opacity must be within 0..1, got {self.overlay_opacity}")
         if not 0.0 < self.threshold_percentile < 100.0:
@@ -69,7 +99,11 @@ class ResultDisplayOptions:
 
 @dataclass
 class BuiltResults:
-    """Result nodes computed but not yet in a scene."""
+    """Result nodes computed but not yet in a scene.
+
+    threshold_mm, color_range_mm: the error map's own display; z_map, threshold_z, color_range_z:
+    the z-map's (None without calibration); displayed_map_kind: which of the two is the overlay.
+    """
 
     error_map: slicer.vtkMRMLScalarVolumeNode
     skull_surface: vtk.vtkPolyData
@@ -78,62 +112,111 @@ class BuiltResults:
     threshold_mm: float
     color_range_mm: tuple[float, float]
     max_error_ras: tuple[float, float, float]
+    z_map: slicer.vtkMRMLScalarVolumeNode | None = None
+    threshold_z: float | None = None
+    color_range_z: tuple[float, float] | None = None
+    calibrated_threshold_z: float | None = None
+    displayed_map_kind: str = "mm"
 
 
 @dataclass(frozen=True)
 class DetectionResults:
-    """The result nodes of one input volume, as they are in the scene."""
+    """The result nodes of one input volume, as they are in the scene.
+
+    z_map: the calibrated z-map ("<input> anomaly z-map"), None when the model is not calibrated.
+    ``displayed_map`` is the map shown over the slices, on the surface and cut into candidates.
+    """
 
     error_map: slicer.vtkMRMLScalarVolumeNode
     skull_surface: slicer.vtkMRMLModelNode
     scores: slicer.vtkMRMLTableNode
     candidates: slicer.vtkMRMLSegmentationNode
+    z_map: slicer.vtkMRMLScalarVolumeNode | None = None
 
     @property
     def max_error_ras(self) -> tuple[float, float, float]:
+        """The most anomalous point (RAS): highest z inside brain and skull when calibrated, else highest error."""
         return tuple(float(v) for v in self.error_map.GetAttribute(MAX_ERROR_ATTRIBUTE).split())
 
     @property
     def threshold_mm(self) -> float:
+        """The error map's own overlay threshold (mm), whichever map is displayed."""
         return float(self.error_map.GetAttribute(THRESHOLD_ATTRIBUTE))
 
+    @property
+    def threshold_z(self) -> float | None:
+        """The z-map's overlay threshold, None without a z-map."""
+        return None if self.z_map is None else float(self.z_map.GetAttribute(THRESHOLD_Z_ATTRIBUTE))
+
+    @property
+    def calibrated_threshold_z(self) -> float | None:
+        """The calibration's overlay threshold as the detector reported it, None without a z-map."""
+        return None if self.z_map is None else float(self.z_map.GetAttribute(CALIBRATED_THRESHOLD_Z_ATTRIBUTE))
+
+    @property
+    def score_map(self) -> str:
+        """What the region scores are in: "z" (calibrated model) or "mm"."""
+        return "z" if self.z_map is not None else "mm"
+
+    @property
+    def displayed_map_kind(self) -> str:
+        """"z" when the z-map is the overlay, "mm" when the error map is."""
+        kind = self.error_map.GetAttribute(DISPLAYED_MAP_ATTRIBUTE)
+        return "z" if kind == "z" and self.z_map is not None else "mm"
+
+    @property
+    def displayed_map(self) -> slicer.vtkMRMLScalarVolumeNode:
+        """The map shown over the slices, on the skull surface and cut into anomaly candidates."""
+        return self.z_map if self.displayed_map_kind == "z" else self.error_map
+
+    @property
+    def overlay_threshold(self) -> float:
+        """Threshold of the displayed map, in its unit (``displayed_map_kind``)."""
+        return self.threshold_z if self.displayed_map_kind == "z" else self.threshold_mm
+
     def nodes(self) -> list[slicer.vtkMRMLNode]:
-        return [self.error_map, self.skull_surface, self.scores, self.candidates]
+        return [self.error_map, self.skull_surface, self.scores, self.candidates] + (
+            [self.z_map] if self.z_map is not None else [])
 
 
 # ---------------------------------------------------------------------------------------------
 # Error map
 
 
-def read_error_map(path: Path, input_volume: slicer.vtkMRMLScalarVolumeNode, name: str) -> slicer.vtkMRMLScalarVolumeNode:
-    """Read the child's error map (input space) into a detached volume node with the input's geometry.
+def read_error_map(path: Path, input_volume: slicer.vtkMRMLScalarVolumeNode, name: str,
+                   what: str = "error map") -> slicer.vtkMRMLScalarVolumeNode:
+    """Read a map the child wrote (input space: error map or z-map) into a detached volume node
+    with the input's geometry.
 
-    The error map must be on the input's grid (ppr resamples model space -> input space); a grid
-    that differs by more than float32 rounding means the detector and the input disagree.
+    The map must be on the input's grid (ppr resamples model space -> input space); a grid that
+    differs by more than float32 rounding means the detector and the input disagree.
     """
     if not Path(path).is_file():
-        raise ResultImportError(f"The detection did not write its error map ({path}).")
+        raise ResultImportError(f"The detection did not write its {what} ({path}).")
     node = slicer.vtkMRMLScalarVolumeNode()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
+    # Only this file: an archetype reader may otherwise gather similarly named files into a series.
+    storage.SetSingleFile(True)
     if not storage.ReadData(node) or node.GetImageData() is None:
-        raise ResultImportError(f"The error map {path} could not be read.")
-    _check_same_grid(node, input_volume)
+        raise ResultImportError(f"The {what} {path} could not be read.")
+    _check_same_grid(node, input_volume, what)
     node.SetIJKToRASMatrix(ijk_to_ras(input_volume))  # drop the float32 rounding of the file
     node.SetName(name)
     return node
 
 
-def _check_same_grid(error_map: slicer.vtkMRMLVolumeNode, input_volume: slicer.vtkMRMLVolumeNode) -> None:
+def _check_same_grid(error_map: slicer.vtkMRMLVolumeNode, input_volume: slicer.vtkMRMLVolumeNode,
+                     what: str = "error map") -> None:
     got, want = error_map.GetImageData().GetDimensions(), input_volume.GetImageData().GetDimensions()
     if got != want:
-        raise ResultImportError(f"The error map has {got} voxels but the input has {want}: "
+        raise ResultImportError(f"The {what} has {got} voxels but the input has {want}: "
                                 "the detector did not map its result back onto the input's grid.")
     difference = np.abs(matrix_array(ijk_to_ras(error_map)) - matrix_array(ijk_to_ras(input_volume)))
     # Compare corner positions, not matrix entries, so the tolerance reads in millimetres.
     corners = np.array([[i, j, k, 1.0] for i in (0, want[0]) for j in (0, want[1]) for k in (0, want[2])])
     if (np.abs(corners @ difference.T)[:, :3]).max() > GEOMETRY_TOLERANCE_MM:
-        raise ResultImportError("The error map does not lie on the input's grid (origin, spacing or "
+        raise ResultImportError(f"The {what} does not lie on the input's grid (origin, spacing or "
                                 "direction differ): the detector and the input disagree on geometry.")
 
 
@@ -159,6 +242,22 @@ def color_range_mm(errors: np.ndarray, threshold_mm: float) -> tuple[float, floa
     return 0.0, max(top, threshold_mm * 1.25, 1e-6)
 
 
+def color_range_z(z: np.ndarray, threshold_z: float) -> tuple[float, float]:
+    """Colour window of a z-map: 0 ("as usual") to a robust maximum of the head above threshold.
+
+    Negative z (less error than usual) takes the darkest colour; outside the head z is exactly 0.
+    """
+    support = z[z != 0]
+    top = float(np.percentile(support, 99.9)) if support.size else 1.0
+    return 0.0, max(top, threshold_z * 1.25, 1e-6)
+
+
+def lps_to_ras(point_lps: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A point of the detector's LPS space (the exported input's) in the input's local RAS."""
+    x, y, z = (float(v) for v in point_lps)
+    return -x, -y, z
+
+
 def max_error_ras(error_map: slicer.vtkMRMLScalarVolumeNode) -> tuple[float, float, float]:
     """RAS position of the voxel with the highest error."""
     errors = error_array(error_map)
@@ -172,20 +271,41 @@ def max_error_ras(error_map: slicer.vtkMRMLScalarVolumeNode) -> tuple[float, flo
 
 def build_results(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map_path: Path, report: DetectionReport,
                   options: ResultDisplayOptions) -> BuiltResults:
-    """Every result of one detection, computed without touching any scene."""
+    """Every result of one detection, computed without touching any scene.
+
+    The z-map is read from the path the report names (``report.z_map``), when it names one.
+    """
     base = input_volume.GetName()
     error_map = read_error_map(error_map_path, input_volume, f"{base} error map")
     errors = error_array(error_map)
-    threshold = overlay_threshold_mm(errors, options)
+    threshold_mm = overlay_threshold_mm(errors, options)
+    z_map = threshold_z = range_z = None
+    if report.z_map is not None:
+        z_map = read_error_map(Path(report.z_map), input_volume, f"{base} anomaly z-map", "z-map")
+        threshold_z = float(options.overlay_threshold_z if options.overlay_threshold_z is not None
+                            else report.overlay_threshold)
+        range_z = color_range_z(error_array(z_map), threshold_z)
+    elif options.overlay_threshold_z is not None:
+        raise BundleError("This model bundle has no calibration, so there is no z-map to threshold: give the "
+                          "overlay threshold in mm, or calibrate the bundle with `python -m ppr calibrate`.")
+    shows_z = z_map is not None and options.overlay_threshold_mm is None
+    shown, threshold, kind = (z_map, threshold_z, "z") if shows_z else (error_map, threshold_mm, "mm")
     return BuiltResults(
         error_map=error_map,
-        skull_surface=build_skull_surface(input_volume, error_map, bone_threshold(input_volume, options.bone_threshold)),
-        scores=build_scores_table(report, f"{base} anomaly scores"),
-        candidates=build_candidates(error_map, threshold, options.min_candidate_volume_mm3, options.max_candidates,
-                                    f"{base} anomaly candidates"),
-        threshold_mm=threshold,
-        color_range_mm=color_range_mm(errors, threshold),
-        max_error_ras=max_error_ras(error_map),
+        skull_surface=build_skull_surface(input_volume, shown, bone_threshold(input_volume, options.bone_threshold),
+                                          array_name=Z_ARRAY_NAME if shows_z else ERROR_ARRAY_NAME),
+        scores=build_scores_table(report, f"{base} anomaly scores", overlay_threshold=threshold, overlay_map=kind),
+        candidates=build_candidates(shown, threshold, options.min_candidate_volume_mm3, options.max_candidates,
+                                    f"{base} anomaly candidates", unit=kind),
+        threshold_mm=threshold_mm,
+        color_range_mm=color_range_mm(errors, threshold_mm),
+        # The detector's point: with a z-map, the highest z inside brain and skull, not in the neck.
+        max_error_ras=lps_to_ras(report.max_error_lps),
+        z_map=z_map,
+        threshold_z=threshold_z,
+        color_range_z=range_z,
+        calibrated_threshold_z=report.overlay_threshold,
+        displayed_map_kind=kind,
     )
 
 
@@ -194,17 +314,18 @@ def find_results(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLNode) -
     found = {}
     for node in _result_nodes(scene, input_volume):
         found[node.GetAttribute(ROLE_ATTRIBUTE)] = node
-    if set(found) != set(RESULT_ROLES):
+    if not set(RESULT_ROLES) <= set(found):
         return None
     return DetectionResults(error_map=found[ROLE_ERROR_MAP], skull_surface=found[ROLE_SKULL_SURFACE],
-                            scores=found[ROLE_SCORES], candidates=found[ROLE_CANDIDATES])
+                            scores=found[ROLE_SCORES], candidates=found[ROLE_CANDIDATES],
+                            z_map=found.get(ROLE_Z_MAP))
 
 
 def _result_nodes(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLNode) -> list[slicer.vtkMRMLNode]:
     nodes = []
     for index in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(index)
-        if (node.GetAttribute(ROLE_ATTRIBUTE) in RESULT_ROLES
+        if (node.GetAttribute(ROLE_ATTRIBUTE) in RESULT_ROLES + OPTIONAL_RESULT_ROLES
                 and node.GetNodeReferenceID(INPUT_REFERENCE_ROLE) == input_volume.GetID()):
             nodes.append(node)
     return nodes
@@ -246,29 +367,42 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
             added.append(colours)
         error_map = _add(scene, built.error_map, ROLE_ERROR_MAP, input_volume, added)
         error_map.SetAttribute(MAX_ERROR_ATTRIBUTE, " ".join(f"{v:.4f}" for v in built.max_error_ras))
-        error_map.SetAttribute(THRESHOLD_ATTRIBUTE, f"{built.threshold_mm:.6g}")
+        # %.9g: float32-exact, so a reloaded scene reads the threshold the display was set with.
+        error_map.SetAttribute(THRESHOLD_ATTRIBUTE, f"{built.threshold_mm:.9g}")
+        error_map.SetAttribute(DISPLAYED_MAP_ATTRIBUTE, built.displayed_map_kind)
         _show_error_map(error_map, colours, built.threshold_mm, built.color_range_mm)
+        z_map = None
+        if built.z_map is not None:
+            z_map = _add(scene, built.z_map, ROLE_Z_MAP, input_volume, added)
+            z_map.SetAttribute(THRESHOLD_Z_ATTRIBUTE, f"{built.threshold_z:.9g}")
+            z_map.SetAttribute(CALIBRATED_THRESHOLD_Z_ATTRIBUTE, f"{built.calibrated_threshold_z:.9g}")
+            _show_error_map(z_map, colours, built.threshold_z, built.color_range_z)
+        shows_z = built.displayed_map_kind == "z"
 
         surface = slicer.vtkMRMLModelNode()
         surface.SetName(f"{input_volume.GetName()} skull surface")
         surface.SetAndObservePolyData(built.skull_surface)
         surface = _add(scene, surface, ROLE_SKULL_SURFACE, input_volume, added)
-        _show_surface(surface, colours, built.color_range_mm)
+        _show_surface(surface, colours, built.color_range_z if shows_z else built.color_range_mm,
+                      Z_ARRAY_NAME if shows_z else ERROR_ARRAY_NAME)
 
         scores = _add(scene, built.scores, ROLE_SCORES, input_volume, added)
         candidates = _add(scene, built.candidates, ROLE_CANDIDATES, input_volume, added)
         candidates.CreateDefaultDisplayNodes()
         candidates.SetReferenceImageGeometryParameterFromVolumeNode(input_volume)
-        for node in (error_map, surface, scores, candidates):
-            _add_default_storage(node)
+        for node in (error_map, surface, scores, candidates, z_map):
+            if node is not None:
+                _add_default_storage(node)
     except Exception:
         for node in added:
             _remove_with_helpers(scene, node)
         raise
     for node in previous:
         _remove_with_helpers(scene, node)
-    set_overlay(scene, input_volume, error_map, options.overlay_opacity)
-    return DetectionResults(error_map=error_map, skull_surface=surface, scores=scores, candidates=candidates)
+    results = DetectionResults(error_map=error_map, skull_surface=surface, scores=scores, candidates=candidates,
+                               z_map=z_map)
+    set_overlay(scene, input_volume, results.displayed_map, options.overlay_opacity)
+    return results
 
 
 def _add(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode, role: str, input_volume: slicer.vtkMRMLNode,
@@ -302,10 +436,10 @@ def _show_error_map(error_map: slicer.vtkMRMLScalarVolumeNode, colours: slicer.v
 
 
 def _show_surface(surface: slicer.vtkMRMLModelNode, colours: slicer.vtkMRMLColorTableNode,
-                  color_range: tuple[float, float]) -> None:
+                  color_range: tuple[float, float], array_name: str = ERROR_ARRAY_NAME) -> None:
     surface.CreateDefaultDisplayNodes()
     display = surface.GetDisplayNode()
-    display.SetActiveScalar(ERROR_ARRAY_NAME, vtk.vtkAssignAttribute.POINT_DATA)
+    display.SetActiveScalar(array_name, vtk.vtkAssignAttribute.POINT_DATA)
     display.SetAndObserveColorNodeID(colours.GetID())
     display.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
     display.SetScalarRange(*color_range)
@@ -313,9 +447,21 @@ def _show_surface(surface: slicer.vtkMRMLModelNode, colours: slicer.vtkMRMLColor
 
 
 def set_threshold(results: DetectionResults, threshold_mm: float) -> None:
-    """Show only error at or above ``threshold_mm`` in the overlay (candidates keep theirs)."""
-    display = results.error_map.GetDisplayNode()
-    display.SetThreshold(threshold_mm, max(display.GetUpperThreshold(), threshold_mm))
+    """Show only error at or above ``threshold_mm`` where the error map is shown (candidates keep theirs).
+
+    It sets the error map's display; when the z-map is the overlay, use ``set_overlay_threshold``.
+    """
+    _set_display_threshold(results.error_map, threshold_mm)
+
+
+def set_overlay_threshold(results: DetectionResults, threshold: float) -> None:
+    """Threshold of the displayed map, in its unit (z or mm: ``results.displayed_map_kind``)."""
+    _set_display_threshold(results.displayed_map, threshold)
+
+
+def _set_display_threshold(volume: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
+    display = volume.GetDisplayNode()
+    display.SetThreshold(threshold, max(display.GetUpperThreshold(), threshold))
 
 
 def set_overlay(scene: slicer.vtkMRMLScene, background: slicer.vtkMRMLVolumeNode,

@@ -1,8 +1,10 @@
-"""The skull surface of a head CT, coloured by the position error probed at each of its points.
+"""The skull surface of a head CT, coloured by the anomaly map probed at each of its points.
 
 The surface is the boundary of the largest connected bone component (which drops the CT table and
 loose bright voxels), decimated and smoothed in the input's millimetre-scaled IJK space, probed
-against the error map (same grid as the input) and mapped to RAS. It does not add nodes to a scene.
+against a map on the input's grid (the error map in mm, or the calibrated z-map: the point array is
+named after it, ``ERROR_ARRAY_NAME`` or ``Z_ARRAY_NAME``) and mapped to RAS. It does not add nodes
+to a scene.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from PositionRegressionADLib.geometry import mm_image, mm_to_ras
 from ppr.errors import InputImageError
 
 ERROR_ARRAY_NAME = "PositionErrorMM"
+Z_ARRAY_NAME = "AnomalyZ"
 # The dev data and other brain-window exports saturate at the window's top: bone reads the maximum.
 # Such a scan is recognised by a maximum far below cortical bone's ~1000 HU.
 WINDOWED_MAX_BELOW = 400.0
@@ -33,8 +36,10 @@ def bone_threshold(input_volume: slicer.vtkMRMLScalarVolumeNode, chosen: float |
 
 
 def build_skull_surface(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map: slicer.vtkMRMLScalarVolumeNode,
-                        threshold: float, target_triangles: int = 300_000) -> vtk.vtkPolyData:
-    """Skull surface in RAS with the error probed at every point (array ``ERROR_ARRAY_NAME``)."""
+                        threshold: float, target_triangles: int = 300_000,
+                        array_name: str = ERROR_ARRAY_NAME) -> vtk.vtkPolyData:
+    """Skull surface in RAS with ``error_map`` (error map or z-map, the input's grid) probed at
+    every point, in the point array ``array_name``."""
     bone = vtk.vtkImageConnectivityFilter()
     bone.SetInputData(mm_image(input_volume))
     bone.SetScalarRange(threshold, 1e30)
@@ -83,8 +88,8 @@ def build_skull_surface(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map:
     probe.Update()
     probed = vtk.vtkPolyData()
     probed.DeepCopy(probe.GetOutput())
-    _keep_only_error_array(probed)
-    return _to_ras_with_normals(probed, mm_to_ras(input_volume))
+    _keep_only_error_array(probed, array_name)
+    return _to_ras_with_normals(probed, mm_to_ras(input_volume), array_name)
 
 
 def _decimate(surface: vtk.vtkPolyData, target_triangles: int) -> vtk.vtkPolyData:
@@ -98,17 +103,18 @@ def _decimate(surface: vtk.vtkPolyData, target_triangles: int) -> vtk.vtkPolyDat
     return decimate.GetOutput()
 
 
-def _keep_only_error_array(surface: vtk.vtkPolyData) -> None:
+def _keep_only_error_array(surface: vtk.vtkPolyData, array_name: str = ERROR_ARRAY_NAME) -> None:
     point_data = surface.GetPointData()
     errors = point_data.GetScalars()
-    errors.SetName(ERROR_ARRAY_NAME)
+    errors.SetName(array_name)
     for name in [point_data.GetArrayName(i) for i in range(point_data.GetNumberOfArrays())]:
-        if name != ERROR_ARRAY_NAME:
+        if name != array_name:
             point_data.RemoveArray(name)
-    point_data.SetActiveScalars(ERROR_ARRAY_NAME)
+    point_data.SetActiveScalars(array_name)
 
 
-def _to_ras_with_normals(surface: vtk.vtkPolyData, mm_to_ras: vtk.vtkMatrix4x4) -> vtk.vtkPolyData:
+def _to_ras_with_normals(surface: vtk.vtkPolyData, mm_to_ras: vtk.vtkMatrix4x4,
+                         array_name: str = ERROR_ARRAY_NAME) -> vtk.vtkPolyData:
     transform = vtk.vtkTransform()
     transform.SetMatrix(mm_to_ras)
     moved = vtk.vtkTransformPolyDataFilter()
@@ -127,5 +133,5 @@ def _to_ras_with_normals(surface: vtk.vtkPolyData, mm_to_ras: vtk.vtkMatrix4x4) 
     normals.Update()
     result = vtk.vtkPolyData()
     result.DeepCopy(normals.GetOutput())
-    result.GetPointData().SetActiveScalars(ERROR_ARRAY_NAME)
+    result.GetPointData().SetActiveScalars(array_name)
     return result

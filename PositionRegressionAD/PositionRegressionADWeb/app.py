@@ -9,7 +9,7 @@ the server (trame-slicer); detection and display go through ``ViewerSession``, i
 ``PositionRegressionADLib``, as in the Slicer module.
 
 Nothing the page sends is trusted: file names go through ``paths``, uploads through ``uploads``,
-choices are checked against the lists offered. Every failure becomes a message on the page and the
+device and quality must be among those offered, numbers must be finite. Every failure becomes a message on the page and the
 server goes on serving. The page's state is shared by every browser tab open on it: one user.
 
 It does not parse the command line (``__main__``) and does not compute anything itself.
@@ -42,6 +42,7 @@ from PositionRegressionADLib.detection_logic import (
     PREVIEW_STRIDE,
     DetectionCancelled,
     DetectionLogic,
+    DetectionOptions,
 )
 from PositionRegressionADLib.devices import describe_devices
 from PositionRegressionADLib.model_card import model_card_html
@@ -133,11 +134,8 @@ class PositionRegressionWebApp(TrameApp):
         state.trame__title = TITLE
         state.has_sample = self.settings.sample_path is not None
         state.input_name = ""
-        state.scan_items = []
         state.data_file = None
-        state.model_items = []
         state.model_choice = ""
-        state.model_card = ""
         state.device_items = [{"title": {"auto": "Automatic (GPU if there is one)", "cuda": "GPU (CUDA)",
                                          "cpu": "CPU"}[device], "value": device} for device in DEVICES]
         state.device = "auto"
@@ -188,11 +186,14 @@ class PositionRegressionWebApp(TrameApp):
         return None
 
     def _refresh_lists(self) -> None:
+        """List the data folder's scans and model bundles again (files may have come or gone)."""
+        listed = self._guarded("Listing the data folder",
+                               lambda: (paths.list_scans(self.data_dir), paths.list_bundles(self.data_dir)))
+        scans, bundles = listed or ([], [])
         with self.state:
-            self.state.scan_items = paths.list_scans(self.data_dir)
+            self.state.scan_items = scans
             default = {"title": f"Default model ({self.settings.model_path.name})", "value": ""}
-            self.state.model_items = [default] + [{"title": name, "value": name}
-                                                  for name in paths.list_bundles(self.data_dir)]
+            self.state.model_items = [default] + [{"title": name, "value": name} for name in bundles]
             if self.state.model_choice not in [item["value"] for item in self.state.model_items]:
                 self.state.model_choice = ""
             self.state.model_card = self._model_card(self.state.model_choice)
@@ -297,7 +298,7 @@ class PositionRegressionWebApp(TrameApp):
 
     # ---- detection --------------------------------------------------------------------------
 
-    def _options(self):
+    def _options(self) -> DetectionOptions:
         state = self.state
         if state.device not in DEVICES:
             raise PPRError(f"Unknown device {state.device!r}: choose one from the list.")
@@ -363,7 +364,7 @@ class PositionRegressionWebApp(TrameApp):
         self.state.run_details = ""
 
     def _show_results(self) -> None:
-        low, high = self.session.overlay_range_mm()
+        _, high = self.session.overlay_range_mm()
         threshold = self.session.results.threshold_mm
         for view in self.slicer_app.view_manager.get_threed_views():
             view.reset_view()  # frame the new skull surface

@@ -148,6 +148,11 @@ def hot_pixels(rgb: np.ndarray) -> np.ndarray:
     return (red > 150) & (red - blue > 80) & (green < red + 20)
 
 
+def changed_pixels(before: np.ndarray, after: np.ndarray, tolerance: int = 40) -> np.ndarray:
+    """Where two pictures of a view differ by more than image-coding noise in some colour."""
+    return np.abs(before.astype(int) - after.astype(int)).max(axis=-1) > tolerance
+
+
 def head_box(rgb: np.ndarray, margin_px: int = 5) -> tuple[slice, slice] | None:
     """Bounding box (rows, columns) of the grey scan's bright pixels, or ``None`` when there are none."""
     red, green, blue = (rgb[..., channel].astype(int) for channel in range(3))
@@ -232,6 +237,40 @@ class ViewerPage:
     def slice_pictures(self) -> list[np.ndarray]:
         pictures = self.view_pictures()
         return [pictures[index] for index in SLICE_VIEW_INDICES]
+
+    def wait_for_slices(self, condition: Callable[[list[np.ndarray]], bool], what: str) -> list[np.ndarray]:
+        """The slice views' pictures once ``condition`` holds for them (the views stream asynchronously)."""
+        def pictures_if_ready() -> list[np.ndarray] | None:
+            pictures = self.slice_pictures()
+            return pictures if condition(pictures) else None
+
+        return self.wait_until(pictures_if_ready, what)
+
+    def settled_slices(self) -> list[np.ndarray]:
+        """The slice views' pictures once two captures in a row are the same (no render in flight)."""
+        previous = [self.slice_pictures()]
+
+        def same_as_before() -> list[np.ndarray] | None:
+            pictures = self.slice_pictures()
+            settled = all(not changed_pixels(a, b).any() for a, b in zip(previous[0], pictures))
+            previous[0] = pictures
+            return pictures if settled else None
+
+        return self.wait_until(same_as_before, "the slice views to settle")
+
+    def state(self, name: str) -> object:
+        """A value of the page's state, as the page holds it."""
+        return self.driver.execute_script("return window.trame.state.get(arguments[0])", name)
+
+    def slider_to_end(self, element_id: str, end: str) -> None:
+        """Move a slider to its "min" or "max" with the keyboard (Home / End on its thumb), as a user can."""
+        from selenium.webdriver.common.keys import Keys
+
+        slider = self.driver.execute_script("return arguments[0].closest('.v-slider')", self.element(element_id))
+        thumb = slider.find_element(self.by.CSS_SELECTOR, ".v-slider-thumb")
+        self.wait_until(lambda: thumb.get_attribute("aria-readonly") == "false" and "v-input--disabled"
+                        not in slider.get_attribute("class"), f"{element_id} to be enabled")
+        thumb.send_keys({"min": Keys.HOME, "max": Keys.END}[end])
 
     def upload(self, path: Path) -> None:
         self.driver.find_element(self.by.CSS_SELECTOR, "#upload-input, input[type=file]").send_keys(str(path))

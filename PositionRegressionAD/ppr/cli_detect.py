@@ -1,10 +1,16 @@
 """``python -m ppr detect INPUT --model BUNDLE --out ERRORMAP``: the error map of one head CT.
 
 Argument parsing and printing only: the work is ``ppr.detection.detect``. The error map is written
-on the input's own grid. With ``--json`` the last stdout line is one JSON object: ``seconds`` (total)
-and ``seconds_per_step``, ``device``, ``stride``, ``method``, ``error_mm`` (max, p99, mean over the
-head), ``regions`` (p99 error in mm per region; null where a region misses the scan),
-``max_error_lps``, ``registration_metric``, ``output``, ``model``.
+on the input's own grid; with a calibrated bundle the z-map too, on the same grid, at ``--z-out``
+or beside ``--out`` as ``<out stem>_z.nii.gz`` (``z_map_path``). With ``--json`` the last stdout
+line is one JSON object: ``seconds`` (total) and ``seconds_per_step``, ``device``, ``stride``,
+``method``, ``aggregate``, ``score_map`` ("z": regions scored on the calibrated z-map, "mm": on the
+error), ``regions`` (the aggregate per region, in z or mm per ``score_map``; null where a region
+misses the scan), ``error_mm`` (max, p99, mean of the error over the head), ``z`` (the same of the
+z-map, null without calibration), ``overlay_threshold`` (the calibration's z threshold for
+overlays, null without calibration), ``max_error_lps`` (highest z inside brain and skull when
+calibrated, else highest error), ``registration_metric``, ``output``, ``z_map`` (path or null),
+``model``. ``--no-calibration`` ignores a calibration (score_map "mm", for comparison).
 """
 
 from __future__ import annotations
@@ -18,11 +24,17 @@ from pathlib import Path
 from ppr.inference import STRIDES
 from ppr.scores import AGGREGATES
 
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="head CT: NIfTI, NRRD, MHA file or DICOM series folder")
     parser.add_argument("--model", type=Path, required=True, help="model bundle (folder or .zip)")
     parser.add_argument("--out", type=Path, required=True, help="error map to write (mm, the input's grid)")
+    parser.add_argument("--z-out", type=Path, default=None,
+                        help="z-map to write with a calibrated bundle (default: <out stem>_z.nii.gz beside --out)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="ignore the bundle's calibration: score the raw error in mm (for comparison)")
     parser.add_argument("--method", choices=("dense", "patches"), default="dense",
                         help="dense (fast, default) or patches (the paper's one patch per voxel: slow)")
     parser.add_argument("--stride", type=int, choices=STRIDES, default=1,
@@ -32,6 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggregate", choices=AGGREGATES, default="p99", help="region score (default p99)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
+
+
+def z_map_path(out: Path, z_out: Path | None = None) -> Path:
+    """Where the z-map goes: ``z_out``, else ``<out stem>_z.nii.gz`` beside ``out``
+    (``errors.nii.gz`` -> ``errors_z.nii.gz``, ``errors.nrrd`` -> ``errors_z.nii.gz``)."""
+    if z_out is not None:
+        return Path(z_out)
+    out = Path(out)
+    stem = next((out.name[: -len(suffix)] for suffix in NIFTI_SUFFIXES if out.name.endswith(suffix)), out.stem)
+    return out.with_name(f"{stem}_z.nii.gz")
 
 
 def _progress(fraction: float, message: str) -> None:
@@ -52,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     loading = time.perf_counter() - started
     options = DetectOptions(method=args.method, stride=args.stride, device=args.device, tile=args.tile,
-                            scores=ScoreOptions(args.aggregate))
+                            scores=ScoreOptions(args.aggregate), use_calibration=not args.no_calibration)
     result = detect(image, bundle, options, progress)
     write_image(result.error_map_input, args.out)
+    z_path = None
+    if result.z_map_input is not None:
+        z_path = z_map_path(args.out, args.z_out)
+        write_image(result.z_map_input, z_path)
     per_step = {"load": loading, **result.seconds}
     report = {
         "seconds": round(time.perf_counter() - started, 3),
@@ -63,21 +89,36 @@ def run(args: argparse.Namespace) -> int:
         "stride": args.stride,
         "method": args.method,
         "aggregate": args.aggregate,
+        "score_map": result.score_map,
         "error_mm": result.error_mm,
+        "z": result.z,
         "regions": result.regions,
+        "overlay_threshold": result.overlay_threshold_z,
         "max_error_lps": list(result.max_error_lps),
         "registration_metric": result.registration.metric,
         "output": str(args.out.resolve()),
+        "z_map": None if z_path is None else str(z_path.resolve()),
         "model": str(args.model),
     }
     if args.json:
         print(json.dumps(report))
     else:
-        regions = ", ".join(f"{name} {_mm(value)}" for name, value in result.regions.items())
-        print(f"wrote {args.out}: max error {_mm(result.error_mm['max'])}, p99 {_mm(result.error_mm['p99'])}; "
-              f"regions ({args.aggregate}): {regions}; {report['seconds']:.1f} s on {result.device}")
+        print(_summary_line(args, result, report))
     return 0
+
+
+def _summary_line(args: argparse.Namespace, result, report: dict) -> str:
+    unit = _z if result.score_map == "z" else _mm
+    regions = ", ".join(f"{name} {unit(value)}" for name, value in result.regions.items())
+    line = f"wrote {args.out}: max error {_mm(result.error_mm['max'])}, p99 {_mm(result.error_mm['p99'])}"
+    if report["z_map"] is not None:
+        line += f"; z-map {report['z_map']}: max {_z(result.z['max'])} (threshold {_z(result.overlay_threshold_z)})"
+    return f"{line}; regions ({args.aggregate} of {result.score_map}): {regions}; {report['seconds']:.1f} s on {result.device}"
 
 
 def _mm(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} mm"
+
+
+def _z(value: float | None) -> str:
+    return "n/a" if value is None else f"z {value:.2f}"

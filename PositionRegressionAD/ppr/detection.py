@@ -1,4 +1,4 @@
-"""Detection: one head CT and a model bundle in, its error map (mm) and region scores out.
+"""Detection: one head CT and a model bundle in, its error map (mm), z-map and region scores out.
 
 Steps, each timed: preprocess (validate, register to the bundle's reference, place on the model
 grid, normalise: ``ppr.preprocess.to_model_space``), the error map in model space
@@ -6,6 +6,13 @@ grid, normalise: ``ppr.preprocess.to_model_space``), the error map in model spac
 linear, ``ppr.geometry.to_input_space``: exactly the input's origin, spacing, direction and size;
 0 outside the model grid), and region scores (``ppr.scores``) on the model-space map with the
 bundle's reference regions.
+
+With a calibrated bundle (``bundle.calibration``, unless ``DetectOptions.use_calibration`` is
+False) it also computes the z-map in model space (``ppr.scores.head_z_map``: 0 outside the head),
+brings it to input space the same way as the error map, scores the regions on the z-map instead of
+the error, and places the most anomalous point at the highest z inside brain and skull
+(``ppr.scores.focus_mask``). Without calibration the region scores and the most anomalous point
+come from the error in mm, as before calibration existed.
 
 What it does not: read or write files (``cli_detect``), train, or calibrate.
 """
@@ -22,7 +29,7 @@ import SimpleITK as sitk
 from ppr.bundle import ModelBundle
 from ppr.inference import InferenceOptions, error_map, resolve_device
 from ppr.registration import RegistrationResult
-from ppr.scores import ScoreOptions, error_summary, region_scores
+from ppr.scores import ScoreOptions, error_summary, focus_mask, head_z_map, region_scores
 
 ProgressFn = Callable[[float, str], None]
 
@@ -30,13 +37,16 @@ ProgressFn = Callable[[float, str], None]
 @dataclass(frozen=True)
 class DetectOptions:
     """method "dense" | "patches"; stride 1, 2 or 4 (4 = fast preview); device auto | cpu | cuda;
-    tile: dense tile edge in voxels (memory bound); scores: region score aggregate."""
+    tile: dense tile edge in voxels (memory bound); scores: region score aggregate;
+    use_calibration: compute the z-map and score on it when the bundle is calibrated (False: the
+    raw error in mm only, e.g. to compare, or while calibrating)."""
 
     method: str = "dense"
     stride: int = 1
     device: str = "auto"
     tile: int = 128
     scores: ScoreOptions = field(default_factory=ScoreOptions)
+    use_calibration: bool = True
 
     def inference(self) -> InferenceOptions:
         return InferenceOptions(method=self.method, stride=self.stride, device=self.device, tile=self.tile)
@@ -46,9 +56,13 @@ class DetectOptions:
 class DetectionResult:
     """error_map_model: float32 mm on the model grid (0 outside the head);
     error_map_input: the same on the input's exact grid; head_mask_model: uint8, model grid;
-    registration: model -> input transform and its quality; regions: region scores (mm, None
-    where a region misses the scan); error_mm: max, p99, mean over the head; max_error_lps: the
-    physical point (LPS mm) of the highest error; seconds: wall time of each step."""
+    registration: model -> input transform and its quality; regions: region scores (z with a
+    calibration, else mm; None where a region misses the scan); error_mm: max, p99, mean of the
+    error over the head; max_error_lps: the physical point (LPS mm) of the highest z inside brain
+    and skull (calibrated) or of the highest error (not calibrated); seconds: wall time of each step.
+    z_map_model / z_map_input: the calibrated z-map (float32, 0 outside the head) on the model grid
+    and on the input's exact grid, None without calibration; z: max, p99, mean of z over the head;
+    overlay_threshold_z: the calibration's overlay threshold (None without calibration)."""
 
     error_map_model: sitk.Image
     error_map_input: sitk.Image
@@ -60,19 +74,30 @@ class DetectionResult:
     seconds: dict[str, float]
     device: str
     options: DetectOptions
+    z_map_model: sitk.Image | None = None
+    z_map_input: sitk.Image | None = None
+    z: dict[str, float | None] | None = None
+    overlay_threshold_z: float | None = None
+
+    @property
+    def score_map(self) -> str:
+        """"z" when the regions were scored on the calibrated z-map, "mm" on the raw error."""
+        return "z" if self.z_map_model is not None else "mm"
 
 
 def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = DetectOptions(),
            progress: ProgressFn | None = None) -> DetectionResult:
     """The whole pipeline for one scan (see the module docstring).
 
-    Raises InputImageError / RegistrationError (from preprocessing) with messages for the user.
+    Raises InputImageError / RegistrationError (from preprocessing) with messages for the user, and
+    PPRError when the bundle's calibration was made for another model grid.
     """
-    from ppr.preprocess import to_input_space, to_model_space
+    from ppr.preprocess import to_model_space
 
     report = progress or (lambda fraction, message: None)
     seconds: dict[str, float] = {}
     device = resolve_device(options.device)
+    calibration = bundle.calibration if options.use_calibration else None
 
     report(0.0, "bringing the scan into model space")
     started = time.perf_counter()
@@ -90,20 +115,37 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
 
     report(0.85, "mapping the error map onto the input grid")
     started = time.perf_counter()
-    error_model = sitk.GetImageFromArray(errors.astype(np.float32))
-    error_model.CopyInformation(model.volume)
-    error_input = sitk.Cast(to_input_space(error_model, model.registration.transform, image, 0.0),
-                            sitk.sitkFloat32)
+    error_model = _model_image(errors, model.volume)
+    error_input = _on_input_grid(error_model, model.registration, image)
     seconds["to_input_space"] = time.perf_counter() - started
 
-    report(0.9, "scoring regions")
+    z_model = z_input = None
+    if calibration is not None:
+        report(0.88, "computing the z-map")
+        started = time.perf_counter()
+        z_values = head_z_map(errors, head, calibration)
+        z_model = _model_image(z_values, model.volume)
+        z_input = _on_input_grid(z_model, model.registration, image)
+        seconds["z_map"] = time.perf_counter() - started
+
+    report(0.92, "scoring regions")
     started = time.perf_counter()
-    regions = region_scores(errors, bundle.region_masks, head, options.scores)
+    scored = errors if z_model is None else z_values
+    regions = region_scores(scored, bundle.region_masks, head, options.scores)
     summary = error_summary(errors, head)
+    if z_input is None:
+        point = highest_error_point(error_input)
+    else:
+        focus = focus_mask(bundle.region_masks, head)
+        point = highest_point_inside(z_input, _model_image(focus.astype(np.uint8), model.volume),
+                                     model.registration)
     seconds["scores"] = time.perf_counter() - started
     report(1.0, "done")
-    return DetectionResult(error_model, error_input, model.head_mask, model.registration, regions, summary,
-                           highest_error_point(error_input), seconds, str(device), options)
+    return DetectionResult(
+        error_model, error_input, model.head_mask, model.registration, regions, summary, point, seconds,
+        str(device), options, z_map_model=z_model, z_map_input=z_input,
+        z=None if z_model is None else error_summary(z_values, head),
+        overlay_threshold_z=None if calibration is None else float(calibration.overlay_threshold_z))
 
 
 def highest_error_point(error_map_input: sitk.Image) -> tuple[float, float, float]:
@@ -111,6 +153,41 @@ def highest_error_point(error_map_input: sitk.Image) -> tuple[float, float, floa
     values = sitk.GetArrayViewFromImage(error_map_input)
     k, j, i = np.unravel_index(int(np.argmax(values)), values.shape)
     return tuple(float(v) for v in error_map_input.TransformIndexToPhysicalPoint((int(i), int(j), int(k))))
+
+
+def highest_point_inside(map_input: sitk.Image, mask_model: sitk.Image,
+                         registration: RegistrationResult) -> tuple[float, float, float]:
+    """Physical point (LPS mm) of the input voxel with the highest value inside a model-space mask.
+
+    The mask goes model space -> input space (nearest neighbour, the input's exact grid) so the
+    point is a voxel of the map the user sees; where the mask misses the input grid altogether,
+    the highest voxel of the whole map.
+    """
+    from ppr.geometry import to_input_space
+
+    mask = to_input_space(mask_model, registration.transform, map_input, 0, sitk.sitkNearestNeighbor)
+    inside = sitk.GetArrayViewFromImage(mask) > 0
+    values = sitk.GetArrayViewFromImage(map_input)
+    if not inside.any():
+        return highest_error_point(map_input)
+    candidates = np.where(inside, values, -np.inf)
+    k, j, i = np.unravel_index(int(np.argmax(candidates)), candidates.shape)
+    return tuple(float(v) for v in map_input.TransformIndexToPhysicalPoint((int(i), int(j), int(k))))
+
+
+def _model_image(values: np.ndarray, model_volume: sitk.Image) -> sitk.Image:
+    """A model-space array (z, y, x) as an image on the model grid."""
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(model_volume)
+    return image
+
+
+def _on_input_grid(model_map: sitk.Image, registration: RegistrationResult, image: sitk.Image) -> sitk.Image:
+    """Model space -> input space (linear, 0 outside the model grid), float32 on the input's exact grid."""
+    from ppr.geometry import to_input_space
+
+    return sitk.Cast(to_input_space(sitk.Cast(model_map, sitk.sitkFloat32), registration.transform, image, 0.0),
+                     sitk.sitkFloat32)
 
 
 def _scaled(progress: ProgressFn, start: float, end: float) -> ProgressFn:

@@ -1,8 +1,9 @@
 """Masks in model space: the head foreground of any scan, and region masks from the reference.
 
-Region masks (brain hemispheres, skull, head) are built once from the reference head, in model space,
-with 3D reasoning that tolerates a skull ring open in some slices (thick slices, foramina, sutures).
-Left and right follow LPS: the patient's left is on the +x side of the mid-sagittal plane (see
+Region masks (brain hemispheres, skull, head) are built once from the reference head, in model
+space, with 3D reasoning that tolerates a skull ring open in some slices (thick slices, foramina,
+sutures). The hemispheres are split at the mid-sagittal plane, found as the reference's plane of
+symmetry; left follows LPS: the patient's left is on the +x side of that plane (see
 ``region_masks``). This module does not resample between spaces and does not normalise intensities.
 """
 
@@ -19,6 +20,19 @@ from ppr.config import PreprocessConfig
 
 # The head is what is brighter than air by a few per cent of the window: skin and everything inside.
 HEAD_THRESHOLD_FRACTION = 0.05
+# Bone saturates at the top of the window; partial volume at a 2 mm reasoning grid takes a little off.
+BONE_THRESHOLD_FRACTION = 0.9
+# In true HU a voxel at 10% cortical bone (~1000 HU) already reads 130 HU: ask for about 30% bone.
+TRUE_HU_BONE = 400.0
+# Intracranial voxels see bone in (almost) every direction; the face, neck and scalp see air on one side.
+MIN_ENCLOSURE = 0.9
+# Brain tissue (20-45 HU) lies well below this fraction of the window (64 HU for [-20, 100]).
+BRAIN_MAX_FRACTION = 0.7
+REASONING_SPACING_MM = 2.0
+BRAIN_OPENING_MM = 4.0
+SKULL_SHELL_MM = 15.0
+SYMMETRY_SAMPLES = 10000
+SYMMETRY_MARGIN_MM = 10.0
 
 
 def head_threshold_hu(window_hu: tuple[float, float]) -> float:
@@ -41,21 +55,6 @@ def head_mask(image_hu: sitk.Image, window_hu: tuple[float, float]) -> sitk.Imag
     foreground = sitk.Greater(sitk.Cast(image_hu, sitk.sitkFloat32), head_threshold_hu(window_hu))
     head = largest_component(foreground)
     return sitk.Cast(sitk.BinaryFillhole(head, fullyConnected=False, foregroundValue=1), sitk.sitkUInt8)
-
-
-# Bone saturates at the top of the window; partial volume at a 2 mm reasoning grid takes a little off.
-BONE_THRESHOLD_FRACTION = 0.9
-# In true HU a voxel at 10% cortical bone (~1000 HU) already reads 130 HU: ask for about 30% bone.
-TRUE_HU_BONE = 400.0
-# Intracranial voxels see bone in (almost) every direction; the face, neck and scalp see air on one side.
-MIN_ENCLOSURE = 0.9
-# Brain tissue (20-45 HU) lies well below this fraction of the window (64 HU for [-20, 100]).
-BRAIN_MAX_FRACTION = 0.7
-REASONING_SPACING_MM = 2.0
-BRAIN_OPENING_MM = 4.0
-SKULL_SHELL_MM = 15.0
-SYMMETRY_SAMPLES = 10000
-SYMMETRY_MARGIN_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,11 +129,15 @@ def intracranial_mask(reference: sitk.Image, config: PreprocessConfig) -> sitk.I
     enclosure = enclosure_fraction(coarse_values >= bone_hu)
     coarse_tissue = _soft_tissue(coarse_values, window_hu) & (enclosure >= MIN_ENCLOSURE)
     radius = max(1, int(round(BRAIN_OPENING_MM / coarse.GetSpacing()[0])))
-    core = largest_component(sitk.BinaryErode(_image_like(coarse_tissue, coarse), [radius] * 3, sitk.sitkBall))
+    eroded = sitk.BinaryErode(_image_like(coarse_tissue, coarse), [radius] * 3, sitk.sitkBall)
+    core = largest_component(eroded)
     # One voxel more than the erosion, so the full-resolution boundary decides the brain's edge.
     core = sitk.BinaryDilate(core, [radius + 1] * 3, sitk.sitkBall)
     near_core = sitk.Resample(core, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    enclosure_full = sitk.Resample(_image_like(enclosure, coarse), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+    # Reasoning grid -> reference grid (same box, identity transform).
+    enclosure_full = sitk.Resample(
+        _image_like(enclosure, coarse), reference, sitk.Transform(), sitk.sitkLinear, 0.0
+    )
     brain = (
         sitk.GetArrayViewFromImage(near_core).astype(bool)
         & (sitk.GetArrayViewFromImage(enclosure_full) >= MIN_ENCLOSURE)
@@ -212,19 +215,21 @@ def _image_like(values: np.ndarray, like: sitk.Image) -> sitk.Image:
     return image
 
 
-
 def _index_to_physical(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """(matrix, origin) with physical = matrix @ (i, j, k) + origin."""
     matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
     return matrix, np.asarray(image.GetOrigin())
 
 
-def midsagittal_plane(reference: sitk.Image, brain: sitk.Image, config: PreprocessConfig) -> MidsagittalPlane:
+def midsagittal_plane(
+    reference: sitk.Image, brain: sitk.Image, config: PreprocessConfig
+) -> MidsagittalPlane:
     """The plane about which the reference head is most symmetric (windowed intensities, ~2 mm grid).
 
     Searches every yaw of the plane's normal (so a header whose x axis is not left-right still gives
     the anatomical mid-sagittal plane), then refines yaw, tilt and offset. The normal is oriented to
-    +x (LPS patient left), or to +y when the plane is closer to x = const than to y = const.
+    +x (LPS patient left), or to +y when it runs closer to y than to x (a header with x not
+    left-right, as in the CT-ICH dev data).
     """
     coarse = _reasoning_grid(reference)
     window_hu = config.window_hu
@@ -232,7 +237,8 @@ def midsagittal_plane(reference: sitk.Image, brain: sitk.Image, config: Preproce
     coarse_brain = sitk.Resample(brain, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     # Brain and skull together: the falx, ventricles and the skull's outline are all symmetric.
     margin = max(1, int(round(SYMMETRY_MARGIN_MM / coarse.GetSpacing()[0])))
-    region = sitk.GetArrayFromImage(sitk.BinaryDilate(coarse_brain, [margin] * 3, sitk.sitkBall)).astype(bool)
+    region = sitk.GetArrayFromImage(sitk.BinaryDilate(coarse_brain, [margin] * 3, sitk.sitkBall))
+    region = region.astype(bool)
     if not region.any():
         raise ValueError("the reference has no intracranial space: cannot find its mid-sagittal plane")
     matrix, origin = _index_to_physical(coarse)

@@ -1,14 +1,19 @@
-"""Region scores of one error map: how anomalous each region of the head looks, in mm.
+"""Region scores of one error map or z-map: how anomalous each region of the head looks.
 
 For each region mask of the bundle's reference (left_hemisphere, right_hemisphere, skull, head,
-from ``ppr.preprocess.region_masks``) the score is an aggregate of the position error inside the
-region and inside this scan's head mask (outside it the error map is 0 by convention, which would
-pull the score down where the scan is cut short). Aggregates: the 99th percentile (default; robust
-to a few noisy voxels yet sensitive to a lesion of about 1 % of the region), the maximum, and the
-mean of the top k. The arithmetic is ``ppr.calibration.aggregate``, shared with the evaluation.
+from ``ppr.preprocess.region_masks``) the score is an aggregate of the map inside the region and
+inside this scan's head mask (outside it the maps are 0 by convention, which would pull the score
+down where the scan is cut short). Aggregates: the 99th percentile (default; robust to a few noisy
+voxels yet sensitive to a lesion of about 1 % of the region), the maximum, and the mean of the top
+k. The arithmetic is ``ppr.calibration.aggregate``, shared with the evaluation.
 
-What it does not: calibrated z-scores (``ppr.calibration.z_map`` feeds the same functions) or any
-resampling; maps and masks are model-space arrays (z, y, x) of one shape.
+The map is the position error in mm, or, with a calibrated bundle, its z-map
+(``head_z_map``: ``ppr.calibration.z_map`` inside the head, 0 outside): "how unusual is this error
+for this place in a healthy head". ``focus_mask`` says where the most anomalous point is looked for
+(brain and skull before the neck and face).
+
+What it does not: estimate the calibration (``ppr.calibration``) or resample anything; maps and
+masks are model-space arrays (z, y, x) of one shape.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from typing import Mapping
 
 import numpy as np
 
-from ppr.calibration import aggregate
+from ppr.calibration import Calibration, aggregate, z_map
 
 AGGREGATES = ("p99", "max", "top_k_mean")
+# Regions where an anomaly matters to the user (the paper's three structures); the neck and the
+# shoulders in the lower slices have large healthy errors and would otherwise hold the maximum.
+FOCUS_REGIONS = ("left_hemisphere", "right_hemisphere", "skull")
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,10 @@ class ScoreOptions:
 
 def region_scores(error_map_mm: np.ndarray, regions: Mapping[str, np.ndarray], head_mask: np.ndarray,
                   options: ScoreOptions = ScoreOptions()) -> dict[str, float | None]:
-    """Score of each region (None where the region does not meet this scan's head)."""
+    """Score of each region (None where the region does not meet this scan's head).
+
+    ``error_map_mm`` may be a z-map as well: the scores are then in z.
+    """
     head = np.asarray(head_mask, dtype=bool)
     scores: dict[str, float | None] = {}
     for name, region in regions.items():
@@ -59,8 +70,34 @@ def region_scores(error_map_mm: np.ndarray, regions: Mapping[str, np.ndarray], h
 
 
 def error_summary(error_map_mm: np.ndarray, head_mask: np.ndarray) -> dict[str, float | None]:
-    """max, p99 and mean of the error over the head (None for an empty head)."""
+    """max, p99 and mean of a map (error in mm, or z) over the head (None for an empty head)."""
     values = error_map_mm[np.asarray(head_mask, dtype=bool)]
     if values.size == 0:
         return {"max": None, "p99": None, "mean": None}
     return {"max": float(values.max()), "p99": float(np.percentile(values, 99.0)), "mean": float(values.mean())}
+
+
+def head_z_map(error_map_mm: np.ndarray, head_mask: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """The calibrated z-map of a model-space error map: z inside this scan's head, 0 outside.
+
+    Outside the head the error is 0 by convention, so its z would only say "less error than the
+    healthy median": meaningless, and strongly negative. 0 there ("nothing unusual") keeps the
+    overlay, the surface probe and linear resampling at the head's edge free of that artefact,
+    like the error map's 0.
+    """
+    head = np.asarray(head_mask, dtype=bool)
+    return np.where(head, z_map(error_map_mm, calibration), 0.0).astype(np.float32)
+
+
+def focus_mask(regions: Mapping[str, np.ndarray], head_mask: np.ndarray) -> np.ndarray:
+    """Where the most anomalous point is looked for: brain and skull inside this scan's head.
+
+    The union of the hemispheres and the skull when it meets the head, else the whole head.
+    """
+    head = np.asarray(head_mask, dtype=bool)
+    focus = np.zeros_like(head)
+    for name in FOCUS_REGIONS:
+        if name in regions:
+            focus |= np.asarray(regions[name], dtype=bool)
+    focus &= head
+    return focus if focus.any() else head
