@@ -1,14 +1,19 @@
 """Detect anomalies in many head CTs from the command line, without the Slicer desktop.
 
     python -m PositionRegressionADLib.batch --input DIR_OR_FILES... --output DIR [--model BUNDLE]
-        [--device auto|cuda|cpu] [--stride K] [--screenshots] [--scene]
+        [--device auto|cuda|cpu] [--stride K] [--screenshots] [--scene] [--format standard|mood]
 
 or inside Slicer: ``Slicer --no-main-window --python-script <module dir>/batch.py -- <same arguments>``.
 
-Per scan, in ``OUTPUT/<scan>/``: ``error_map.nii.gz`` (input's grid), ``skull_surface.vtk`` (LPS, error
-per point), with ``--scene`` ``scene.mrb``, with ``--screenshots`` slice and surface PNGs; and one row
-in ``OUTPUT/scores.csv`` (region scores, the detector's seconds and the scan's total seconds, status). A scan that fails gets its reason in its
-row and the batch goes on. Each scan gets a fresh scene, so memory does not grow with the batch.
+Per scan, in ``OUTPUT/<scan>/``: ``error_map.nii.gz`` (input's grid), with a calibrated model
+``z_map.nii.gz`` (input's grid), ``skull_surface.vtk`` (LPS, the displayed map per point), with
+``--scene`` ``scene.mrb``, with ``--screenshots`` slice and surface PNGs; and one row in
+``OUTPUT/scores.csv`` (region scores, score map, overlay threshold, the detector's seconds and the
+scan's total seconds, status). With ``--format mood`` also ``OUTPUT/mood/``: the MOOD challenge's
+files per scan (``ppr.mood``: voxel scores in [0, 1] on the input's grid and a ``.txt`` sample
+score), from the z-map of a calibrated model, else from the error map. A scan that fails gets its
+reason in its row and the batch goes on. Each scan gets a fresh scene, so memory does not grow with
+the batch.
 
 Exit code: 0 all scans done, 1 some failed (see scores.csv), 2 nothing could start (message on stderr).
 """
@@ -25,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import SimpleITK as sitk
+
 from PositionRegressionADLib.detection_logic import (
     DEVICES,
     PREVIEW_STRIDE,
@@ -34,8 +41,8 @@ from PositionRegressionADLib.detection_logic import (
     default_model_path,
 )
 from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress
-from PositionRegressionADLib.report import table_row
-from PositionRegressionADLib.results import ResultDisplayOptions
+from PositionRegressionADLib.report import REGION_LABELS, table_row
+from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
 from PositionRegressionADLib.scene_io import (
     VOLUME_SUFFIXES,
     SceneContext,
@@ -47,8 +54,12 @@ from PositionRegressionADLib.scene_io import (
 from ppr.errors import InputImageError, PPRError
 
 SCORES_FILE_NAME = "scores.csv"
+MOOD_FOLDER_NAME = "mood"
+FORMATS = ("standard", "mood")
 FIRST_COLUMNS = ["Scan", "Status", "Reason"]
-LAST_COLUMNS = ["Total seconds", "Error map", "Skull surface", "Input"]
+LAST_COLUMNS = ["Total seconds", "Error map", "z-map", "Skull surface", "Input"]
+# The sample-level MOOD score: the whole head's region score, in the unit of the pixel scores.
+MOOD_SAMPLE_REGION = "head"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--stride", type=int, default=PREVIEW_STRIDE,
                         help=f"error map every K voxels: {PREVIEW_STRIDE} preview, 1 full resolution")
-    parser.add_argument("--threshold-mm", type=float, default=None,
-                        help="overlay and candidate threshold in mm (default: a percentile of the scan's error)")
+    threshold = parser.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold-mm", type=float, default=None,
+                           help="overlay and candidate threshold on the error map in mm (default: the z-map with "
+                                "its calibrated threshold, or a percentile of the scan's error without calibration)")
+    threshold.add_argument("--threshold-z", type=float, default=None,
+                           help="overlay and candidate threshold on the z-map (calibrated models only; "
+                                "default: the calibrated threshold)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="ignore the model's calibration: scores and pictures from the error in mm (to compare)")
+    parser.add_argument("--format", choices=FORMATS, default="standard",
+                        help="mood: also write the MOOD challenge files (voxel scores in [0, 1], one .txt sample "
+                             f"score per scan) into OUTPUT/{MOOD_FOLDER_NAME}/")
     parser.add_argument("--bone-threshold", type=float, default=None,
                         help="input intensity of the skull surface (default: chosen from the scan)")
     parser.add_argument("--screenshots", action="store_true", help="write slice and surface PNGs per scan")
@@ -125,6 +146,7 @@ class TerminalProgress:
 class BatchSettings:
     """What to compute and write for every scan.
 
+    output_format: "standard", or "mood" to also write the MOOD challenge files (``write_mood``).
     python_command, launcher: how the detector is started (see ``DetectionLogic``); tests swap them.
     """
 
@@ -134,6 +156,11 @@ class BatchSettings:
     scene: bool = False
     python_command: tuple[str, ...] | None = None
     launcher: ProcessLauncher = ChildProcess
+    output_format: str = "standard"
+
+    def __post_init__(self) -> None:
+        if self.output_format not in FORMATS:
+            raise ValueError(f"output_format must be one of {FORMATS}, got {self.output_format!r}")
 
 
 def process_scan(path: Path, settings: BatchSettings, on_progress) -> dict[str, object]:
@@ -146,6 +173,11 @@ def process_scan(path: Path, settings: BatchSettings, on_progress) -> dict[str, 
         results = logic.detect(volume, settings.options, on_progress=on_progress)
         row = {"Error map": save_node(results.error_map, out_dir / "error_map.nii.gz"),
                "Skull surface": save_node(results.skull_surface, out_dir / "skull_surface.vtk")}
+        if results.z_map is not None:
+            row["z-map"] = save_node(results.z_map, out_dir / "z_map.nii.gz")
+        if settings.output_format == "mood":
+            write_mood(path, results, row["z-map"] if results.z_map is not None else row["Error map"],
+                       settings.output_dir / MOOD_FOLDER_NAME)
         if settings.screenshots:
             from PositionRegressionADLib.rendering import render_slices, render_surface
 
@@ -155,6 +187,44 @@ def process_scan(path: Path, settings: BatchSettings, on_progress) -> dict[str, 
             save_scene_mrb(context.scene, out_dir / "scene.mrb")
         row.update(table_row(results.scores))
         return row
+
+
+def mood_normalisation(results: DetectionResults):
+    """The fixed [0, 1] map of this model's scores: ``MoodNormalisation.for_z(calibration)`` for z-maps
+    (centred on the calibration's overlay threshold, which the detector reported and the z-map node
+    keeps), the mm default otherwise."""
+    from ppr.mood import MoodNormalisation
+
+    if results.z_map is None:
+        return MoodNormalisation()
+    # for_z reads only the calibration's overlay threshold; the Lib gets it from the detector's report.
+    return MoodNormalisation(kind="z", centre=results.calibrated_threshold_z)
+
+
+def mood_case_name(scan: Path) -> str:
+    """MOOD names the outputs after the input file ("00000.nii.gz" -> "00000.nii.gz", "00000.nii.gz.txt");
+    a scan in another format is named after the scan ("head.nrrd" -> "head.nii.gz", "head.txt")."""
+    return scan.name if scan.name.lower().endswith((".nii.gz", ".nii")) else scan_name(scan)
+
+
+def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: Path) -> None:
+    """The scan's MOOD files: the voxels of its score map (``map_path``: the z-map of a calibrated
+    model, else the error map) on the input's exact grid, normalised to [0, 1], and the whole head's
+    region score (same unit) mapped the same way."""
+    from ppr.geometry import Grid
+    from ppr.mood import write_mood_outputs
+
+    score = table_row(results.scores).get(REGION_LABELS[MOOD_SAMPLE_REGION], math.nan)
+    if not math.isfinite(score):
+        raise PPRError(f"{scan.name} has no whole-head score, so it has no MOOD sample score: check that the "
+                       "scan shows a head.")
+    score_map = sitk.ReadImage(str(map_path), sitk.sitkFloat32)
+    source = sitk.ReadImage(str(scan))
+    if not Grid.of(source).matches(score_map, tolerance_mm=0.01):
+        raise PPRError(f"The map of {scan.name} is not on the scan's grid, so no MOOD file was written.")
+    # The map went through a NIfTI written by Slicer (float32 geometry): give it the scan's exact one.
+    score_map.CopyInformation(source)
+    write_mood_outputs(score_map, score, mood_dir, mood_case_name(scan), mood_normalisation(results))
 
 
 def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
@@ -205,13 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         model = check_model_path(args.model or default_model_path())
         scans = find_scans(args.input)
         options = DetectionOptions(model_path=model.resolve(), device=args.device, stride=args.stride,
+                                   use_calibration=not args.no_calibration,
                                    display=ResultDisplayOptions(overlay_threshold_mm=args.threshold_mm,
+                                                                overlay_threshold_z=args.threshold_z,
                                                                 bone_threshold=args.bone_threshold))
     except (PPRError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings = BatchSettings(output_dir=args.output.resolve(), options=options,
-                             screenshots=args.screenshots, scene=args.scene)
+    settings = BatchSettings(output_dir=args.output.resolve(), options=options, screenshots=args.screenshots,
+                             scene=args.scene, output_format=args.format)
     rows = run_batch(scans, settings)
     failed = sum(row["Status"] != "ok" for row in rows)
     print(f"{len(rows) - failed} of {len(rows)} scans done; scores in {settings.output_dir / SCORES_FILE_NAME}",

@@ -47,6 +47,7 @@ from PositionRegressionADLib.detection_logic import (
 from PositionRegressionADLib.devices import describe_devices
 from PositionRegressionADLib.model_card import model_card_html
 from PositionRegressionADLib.process import Progress
+from PositionRegressionADLib.results import MAP_KINDS
 from PositionRegressionADLib.scene_io import SceneContext
 from PositionRegressionADWeb import paths, uploads
 from PositionRegressionADWeb.session import ViewerSession
@@ -147,8 +148,11 @@ class PositionRegressionWebApp(TrameApp):
         state.status_text = ""
         state.status_type = "info"
         state.has_results = False
-        state.threshold_mm = 0.0
+        state.has_z_map = False
+        state.overlay_threshold = 0.0
+        state.threshold_min = 0.0
         state.threshold_max = 1.0
+        state.overlay_unit = "mm"
         state.opacity = self.session.overlay_opacity
         state.scores = []
         state.run_details = ""
@@ -157,7 +161,7 @@ class PositionRegressionWebApp(TrameApp):
         state.upload_key = 0
         self._refresh_lists()
         state.change("model_choice")(self._on_model_choice)
-        state.change("threshold_mm")(self._on_threshold)
+        state.change("overlay_threshold")(self._on_threshold)
         state.change("opacity")(self._on_opacity)
 
     def _say(self, text: str, kind: str = "info") -> None:
@@ -230,6 +234,7 @@ class PositionRegressionWebApp(TrameApp):
         trigger("ppr_jump")(self.jump_to_highest_error)
         trigger("ppr_download_scene")(self.download_scene)
         trigger("ppr_download_error_map")(self.download_error_map)
+        trigger("ppr_download_z_map")(self.download_z_map)
         trigger("ppr_download_scores")(self.download_scores)
 
     async def _load(self, path: Path, name: str) -> bool:
@@ -238,6 +243,7 @@ class PositionRegressionWebApp(TrameApp):
         if volume is None:
             return False
         self.slicer_app.display_manager.reset_views()
+        self._render_views()
         with self.state:
             self.state.input_name = name
             self.state.download_base = name
@@ -360,38 +366,52 @@ class PositionRegressionWebApp(TrameApp):
 
     def _clear_results_state(self) -> None:
         self.state.has_results = False
+        self.state.has_z_map = False
         self.state.scores = []
         self.state.run_details = ""
 
     def _show_results(self) -> None:
-        _, high = self.session.overlay_range_mm()
-        threshold = self.session.results.threshold_mm
+        low, high = self.session.overlay_range()
+        threshold = self.session.overlay_threshold()
         for view in self.slicer_app.view_manager.get_threed_views():
             view.reset_view()  # frame the new skull surface
+        self._render_views()
         with self.state:
             self.state.has_results = True
+            self.state.has_z_map = self.session.results.z_map is not None
+            self.state.overlay_unit = self.session.overlay_unit()
+            self.state.threshold_min = min(low, threshold)
             self.state.threshold_max = max(high, threshold)
-            self.state.threshold_mm = threshold  # exactly the Lib's, so echoing it back changes nothing
+            self.state.overlay_threshold = threshold  # exactly the Lib's: echoing it back changes nothing
             rows = self.session.score_rows()
-            # Millimetre figures go in the table; how the run was made fits on one line under it.
+            # Figures of the maps (mm, z) go in the table; how the run was made fits on one line under it.
             self.state.scores = [{"label": row.label, "text": row.text(), "unit": row.unit,
-                                  "region": row.region or ""} for row in rows if row.unit == "mm"]
+                                  "region": row.region or ""} for row in rows if row.unit in MAP_KINDS]
             self.state.run_details = " · ".join(f"{row.label} {row.text()}{' ' + row.unit if row.unit else ''}"
-                                                for row in rows if row.unit != "mm")
+                                                for row in rows if row.unit not in MAP_KINDS)
 
-    def _on_threshold(self, threshold_mm, **_) -> None:
-        value = _finite(threshold_mm)
+    def _render_views(self) -> None:
+        # Display settings change MRML nodes that trame-slicer's views do not all observe: ask them
+        # to render (what trame-slicer's own view helpers do after such a change).
+        for view in self.slicer_app.view_manager.get_views():
+            view.schedule_render()
+
+    def _on_threshold(self, overlay_threshold, **_) -> None:
+        value = _finite(overlay_threshold)
         if value is None or self.session.results is None or self.session.running:
             return
-        self._guarded("Setting the threshold", lambda: self.session.set_overlay_threshold(max(value, 0.0)))
+        self._guarded("Setting the threshold", lambda: self.session.set_overlay_threshold(value))
+        self._render_views()
 
     def _on_opacity(self, opacity, **_) -> None:
         value = _finite(opacity)
         if value is not None:
             self._guarded("Setting the opacity", lambda: self.session.set_overlay_opacity(value))
+            self._render_views()
 
     def jump_to_highest_error(self) -> None:
         point = self._guarded("Jumping to the highest error", self.session.jump_to_highest_error)
+        self._render_views()
         if point is not None:
             r, a, s = point
             self._say(f"Slices moved to the highest error, at R {r:.1f}, A {a:.1f}, S {s:.1f} mm.", "info")
@@ -420,6 +440,9 @@ class PositionRegressionWebApp(TrameApp):
 
     async def download_error_map(self):
         return await self._download("error map", "error_map.nii.gz", self.session.write_error_map)
+
+    async def download_z_map(self):
+        return await self._download("z-map", "z_map.nii.gz", self.session.write_z_map)
 
     async def download_scores(self):
         return await self._download("scores", "scores.csv", self.session.write_scores_csv)
@@ -516,10 +539,10 @@ class PositionRegressionWebApp(TrameApp):
     def _display_panel(self) -> None:
         self._heading("Error overlay")
         with html.Div(classes="d-flex align-center"):
-            v3.VSlider(id="threshold-slider", label="Threshold", v_model=("threshold_mm",), min=0,
-                       max=("threshold_max",), step=0.1, density="compact", hide_details=True,
-                       disabled=("!has_results || running",))
-            html.Div("{{ Number(threshold_mm).toFixed(1) }} mm", id="threshold-value",
+            v3.VSlider(id="threshold-slider", label="Threshold", v_model=("overlay_threshold",),
+                       min=("threshold_min",), max=("threshold_max",), step=0.1, density="compact",
+                       hide_details=True, disabled=("!has_results || running",))
+            html.Div("{{ Number(overlay_threshold).toFixed(1) }} {{ overlay_unit }}", id="threshold-value",
                      classes="ppr-card text-right", style="width: 5.5em; white-space: nowrap")
         with html.Div(classes="d-flex align-center"):
             v3.VSlider(id="opacity-slider", label="Opacity", v_model=("opacity",), min=0, max=1, step=0.05,
@@ -530,7 +553,7 @@ class PositionRegressionWebApp(TrameApp):
                 click="trigger('ppr_jump')", disabled=("!has_results",), classes="mt-1")
 
     def _scores_panel(self) -> None:
-        self._heading("Scores (position error, mm)")
+        self._heading("Scores")
         with v3.VTable(id="scores-table", density="compact", classes="ppr-card"):
             with html.Tbody():
                 with html.Tr(v_for="row in scores", key="row.label", raw_attrs=[':data-region="row.region"']):
@@ -542,13 +565,16 @@ class PositionRegressionWebApp(TrameApp):
 
     def _downloads_panel(self) -> None:
         self._heading("Download the results")
-        downloads = (("download-scene", "Scene .mrb", "ppr_download_scene", "'.mrb'"),
-                     ("download-error-map", "Error map", "ppr_download_error_map", "'_error_map.nii.gz'"),
-                     ("download-scores", "Scores CSV", "ppr_download_scores", "'_scores.csv'"))
+        # (element id, text, trigger, file name suffix, shown only when this state is true)
+        downloads = (("download-scene", "Scene .mrb", "ppr_download_scene", "'.mrb'", None),
+                     ("download-error-map", "Error map", "ppr_download_error_map", "'_error_map.nii.gz'", None),
+                     ("download-z-map", "z-map", "ppr_download_z_map", "'_z_map.nii.gz'", "has_z_map"),
+                     ("download-scores", "Scores CSV", "ppr_download_scores", "'_scores.csv'", None))
         with html.Div(classes="d-flex flex-wrap"):
-            for element_id, text, name, suffix in downloads:
+            for element_id, text, name, suffix, shown_when in downloads:
+                only_when = {"v_show": (shown_when,)} if shown_when else {}
                 v3.VBtn(text, id=element_id, size="small", variant="outlined", classes="mr-1 mb-1",
-                        prepend_icon="mdi-download", disabled=("!has_results || running",),
+                        prepend_icon="mdi-download", disabled=("!has_results || running",), **only_when,
                         click=f"utils.download(download_base + {suffix}, trigger('{name}'), "
                               "'application/octet-stream')")
 

@@ -2,9 +2,9 @@
 
 Every step is a call into ``PositionRegressionADLib``, the same calls the Slicer module makes:
 ``load_volume`` to read a scan, ``DetectionLogic.start`` / ``take_progress`` / ``finish`` for a
-detection with progress and cancel, ``set_overlay`` / ``set_threshold`` for the error map over the
-slices, ``table_row`` for the scores, ``save_scene_mrb`` / ``save_node`` / ``write_scores`` for the
-downloads. So the page shows what Slicer shows, computed by one implementation.
+detection with progress and cancel, ``set_overlay`` / ``set_overlay_threshold`` for the displayed
+map over the slices (the calibrated z-map, or the error map of an uncalibrated model), ``table_row``
+for the scores, ``save_scene_mrb`` / ``save_node`` / ``write_scores`` for the downloads. So the page shows what Slicer shows, computed by one implementation.
 
 It knows nothing about trame or the page (``app`` binds it to them) and it does not decide which
 files may be read (``paths``, ``uploads``).
@@ -35,7 +35,7 @@ from PositionRegressionADLib.results import (
     ResultDisplayOptions,
     remove_results,
     set_overlay,
-    set_threshold,
+    set_overlay_threshold,
 )
 from PositionRegressionADLib.scene_io import SceneContext, load_volume, save_node, save_scene_mrb
 from ppr.errors import InputImageError, PPRError
@@ -176,20 +176,29 @@ class ViewerSession:
             raise InputImageError("There are no results yet: click Detect anomalies first.")
         return results
 
-    def set_overlay_threshold(self, threshold_mm: float) -> None:
-        """Show error at or above ``threshold_mm`` only (``set_threshold`` of the Lib)."""
-        set_threshold(self._require_results(), float(threshold_mm))
+    def set_overlay_threshold(self, threshold: float) -> None:
+        """Show the displayed map at or above ``threshold`` only, in its unit (``overlay_unit``)."""
+        set_overlay_threshold(self._require_results(), float(threshold))
 
     def set_overlay_opacity(self, opacity: float) -> None:
-        """Opacity of the error map over the scan in every slice view (kept for later runs)."""
+        """Opacity of the displayed map over the scan in every slice view (kept for later runs)."""
         self.overlay_opacity = min(max(float(opacity), 0.0), 1.0)
         results = self.results
         if self.input_volume is not None:
-            set_overlay(self.scene, self.input_volume, results.error_map if results else None, self.overlay_opacity)
+            set_overlay(self.scene, self.input_volume, results.displayed_map if results else None,
+                        self.overlay_opacity)
 
-    def overlay_range_mm(self) -> tuple[float, float]:
-        """The error map's colour window (0 to a robust maximum), the range a threshold slider spans."""
-        display = self._require_results().error_map.GetDisplayNode()
+    def overlay_unit(self) -> str:
+        """"z" when the overlay is the calibrated z-map, "mm" when it is the error map."""
+        return self._require_results().displayed_map_kind
+
+    def overlay_threshold(self) -> float:
+        """The displayed map's current threshold, in ``overlay_unit``."""
+        return float(self._require_results().displayed_map.GetDisplayNode().GetLowerThreshold())
+
+    def overlay_range(self) -> tuple[float, float]:
+        """The displayed map's colour window, in ``overlay_unit``: the range a threshold slider spans."""
+        display = self._require_results().displayed_map.GetDisplayNode()
         return display.GetWindowLevelMin(), display.GetWindowLevelMax()
 
     def jump_to_highest_error(self) -> tuple[float, float, float]:
@@ -220,6 +229,13 @@ class ViewerSession:
     def write_error_map(self, path: Path) -> Path:
         """The error map on the scan's grid (NIfTI when ``path`` ends in .nii.gz)."""
         return save_node(self._require_results().error_map, path)
+
+    def write_z_map(self, path: Path) -> Path:
+        """The calibrated z-map on the scan's grid; refused when the model is not calibrated."""
+        z_map = self._require_results().z_map
+        if z_map is None:
+            raise InputImageError("This model is not calibrated, so there is no z-map: download the error map.")
+        return save_node(z_map, path)
 
     def write_scores_csv(self, path: Path) -> Path:
         """One row in the batch command's scores.csv format."""

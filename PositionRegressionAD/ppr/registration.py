@@ -69,7 +69,7 @@ class RegistrationResult:
     """transform: sitk.Euler3DTransform mapping model-space points to input-space points.
 
     metric: quality figure, the negated Mattes mutual information over the reference head at 3 mm
-        (higher is better; 0.31-0.68 between different dev heads, 0.04-0.17 for non-heads).
+        (higher is better; 0.34-0.66 between different dev heads, 0.06-0.15 for non-heads).
     seconds: wall time of the registration.
     """
 

@@ -1,0 +1,64 @@
+"""A fake calibrated detector for Lib and batch tests: the fake ``ppr detect`` of
+``PositionRegressionADLib.testing`` plus what a calibrated model adds (a z-map beside the error map,
+regions and the most anomalous point from z, and the report's ``score_map``, ``overlay_threshold``,
+``z_map`` and ``z``). The z-map peaks somewhere else than the error, so a test can tell which map a
+result shows. Its numbers are not a detector's: never evidence that detection works.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from PositionRegressionADLib.process import ProcessOutcome
+from PositionRegressionADLib.testing import AIR, BACKGROUND_ERROR_MM, InProcessFakeDetection, fake_error_map
+from ppr.cli_detect import z_map_path
+
+LESION_LPS = (30.0, -20.0, 25.0)  # where the error (mm) peaks: left frontal brain
+SKULL_POINT_LPS = (0.0, -84.0, 5.0)  # where z peaks: the forehead's outer skull table
+CALIBRATED_THRESHOLD_Z = 5.0
+Z_SPREAD_MM = 2.0
+
+
+class CalibratedFakeDetection(InProcessFakeDetection):
+    """The fake detector plus what a calibrated model adds: a z-map beside the error map (peak at
+    ``SKULL_POINT_LPS``, 0 in the air), regions and the most anomalous point from z, and the report's
+    ``score_map``, ``overlay_threshold``, ``z_map`` and ``z``. ``write_z_map`` False: the report names
+    a z-map that was never written."""
+
+    write_z_map = True
+
+    def _run(self) -> None:
+        super()._run()
+        if self._outcome.returncode != 0:
+            return
+        out = Path(self._command[self._command.index("--out") + 1])
+        image = sitk.ReadImage(self._command[self._command.index("detect") + 1])
+        head = sitk.GetArrayFromImage(image) > AIR + 5.0
+        bumped = sitk.GetArrayFromImage(fake_error_map(image, np.array(SKULL_POINT_LPS)))
+        z = np.where(head, (bumped - BACKGROUND_ERROR_MM) / Z_SPREAD_MM, 0.0).astype(np.float32)
+        z_image = sitk.GetImageFromArray(z)
+        z_image.CopyInformation(image)
+        path = z_map_path(out)
+        if self.write_z_map:
+            sitk.WriteImage(z_image, str(path))
+        report = json.loads(self._outcome.stdout.splitlines()[-1])
+        left = np.zeros_like(head)
+        left[..., head.shape[2] // 2:] = True
+        k, j, i = np.unravel_index(int(np.argmax(z)), z.shape)
+        report.update(
+            score_map="z", overlay_threshold=CALIBRATED_THRESHOLD_Z, z_map=str(path.resolve()),
+            z={"max": float(z[head].max()), "p99": float(np.percentile(z[head], 99)), "mean": float(z[head].mean())},
+            regions={"left_hemisphere": float(z[head & left].max()), "right_hemisphere": float(z[head & ~left].max()),
+                     "skull": float(np.percentile(z[head], 99)), "head": float(z[head].max())},
+            max_error_lps=list(image.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))))
+        self._outcome = ProcessOutcome(0, json.dumps(report) + "\n", self._outcome.stderr, cancelled=False)
+
+
+class MissingZMapDetection(CalibratedFakeDetection):
+    write_z_map = False
+
+
