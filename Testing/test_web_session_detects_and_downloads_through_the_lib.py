@@ -94,7 +94,8 @@ def test_a_detection_shows_the_lib_results_over_the_scan_and_moves_the_slice_to_
 def test_threshold_and_opacity_change_the_overlay_and_later_runs_keep_the_opacity(session, head_file, tmp_path):
     session.load_scan(head_file, "head")
     results = _detect(session, tmp_path / "model")
-    low, high = session.overlay_range_mm()
+    low, high = session.overlay_range()
+    assert session.overlay_unit() == "mm" and session.overlay_threshold() == pytest.approx(results.threshold_mm)
     assert low == 0.0 and high > results.threshold_mm > 0.0
 
     session.set_overlay_threshold(7.5)
@@ -179,3 +180,33 @@ def test_loading_another_scan_replaces_the_previous_one_and_its_results(session,
     assert leftovers == []
     assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 1
     assert session.results is None
+
+
+def test_with_a_calibrated_model_the_page_shows_and_thresholds_the_z_map(tmp_path, head_file):
+    calibrated = pytest.importorskip("fake_calibrated_detector")
+    context = SceneContext.create(tmp_path / "cache")
+    session = ViewerSession(context, DetectionLogic(context.scene, launcher=calibrated.CalibratedFakeDetection))
+    composite = slicer.vtkMRMLSliceCompositeNode()
+    context.scene.AddNode(composite)
+    (tmp_path / "model").mkdir()
+    session.load_scan(head_file, "head")
+    results = _detect(session, tmp_path / "model")
+
+    assert results.z_map is not None and session.overlay_unit() == "z"
+    assert composite.GetForegroundVolumeID() == results.z_map.GetID()
+    assert session.overlay_threshold() == pytest.approx(calibrated.CALIBRATED_THRESHOLD_Z)
+    session.set_overlay_threshold(7.0)
+    assert results.z_map.GetDisplayNode().GetLowerThreshold() == pytest.approx(7.0)
+    assert results.error_map.GetDisplayNode().GetLowerThreshold() == pytest.approx(results.threshold_mm)
+    session.set_overlay_opacity(0.25)
+    assert (composite.GetForegroundVolumeID(), composite.GetForegroundOpacity()) == (results.z_map.GetID(), 0.25)
+    assert [row.unit for row in session.score_rows()[:4]] == ["z"] * 4
+    z_map = sitk.ReadImage(str(session.write_z_map(tmp_path / "out" / "z_map.nii.gz")))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(z_map), slicer.util.arrayFromVolume(results.z_map))
+
+
+def test_without_calibration_there_is_no_z_map_to_download(session, head_file, tmp_path):
+    session.load_scan(head_file, "head")
+    _detect(session, tmp_path / "model")
+    with pytest.raises(InputImageError, match="not calibrated"):
+        session.write_z_map(tmp_path / "z_map.nii.gz")
