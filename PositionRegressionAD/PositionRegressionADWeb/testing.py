@@ -297,3 +297,35 @@ def wait_for_file(folder: Path, pattern: str, timeout_seconds: float = 60.0) -> 
             return found[0]
         time.sleep(0.2)
     raise AssertionError(f"no download matching {pattern} arrived in {folder} within {timeout_seconds:.0f} s")
+
+
+def readme_screenshots(out_dir: Path, work_dir: Path) -> list[Path]:
+    """The README's pictures of the page: the bundled model on the bundled sample, during and after a run.
+
+    ``web-progress.png`` is taken while the detector reports progress, ``web-results.png`` once the
+    results are shown. Needs the bundled model and sample, and the browser (``browser_missing``).
+    """
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    (work_dir / "data").mkdir(parents=True, exist_ok=True)
+    with ViewerServer(["--data-dir", str(work_dir / "data")], log=work_dir / "server.log") as server, \
+            headless_chromium(work_dir / "profile", work_dir / "downloads") as driver:
+        page = ViewerPage(driver, server.url, timeout_seconds=600)
+        page.click("load-sample")
+        page.wait_for_status("Loaded")
+        page.click("detect-button")
+        page.wait_until(lambda: page.progress_message().startswith("computing"), "the detector's progress")
+        pictures = [page.save_screenshot(out_dir / "web-progress.png")]
+        page.wait_for_status("Done", "failed")
+        page.wait_for_slices(lambda shown: all(hot_pixels_in_head(p) > 0 for p in shown), "the overlay")
+        page.settled_slices()
+        pictures.append(page.save_screenshot(out_dir / "web-results.png"))
+    return pictures
+
+
+if __name__ == "__main__":
+    # python -m PositionRegressionADWeb.testing OUT_DIR: retake the README's pictures of the page.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ppr-web-shots-") as scratch:
+        for written in readme_screenshots(Path(sys.argv[1]), Path(scratch)):
+            print(written)

@@ -111,6 +111,10 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     head = sitk.GetArrayFromImage(model.head_mask) > 0
     errors = error_map(volume, head, bundle.network, bundle.preprocess.spacing_mm, options.inference(),
                        _scaled(report, 0.3, 0.85))
+    # The summary (error_mm) is over the head; the map resampled to the input must hold nothing
+    # else, or its linear mixes could exceed that summary (inference already returns 0 outside the
+    # head; this keeps the two consistent whatever the inference path does outside it).
+    errors = np.where(head, errors, np.float32(0.0)).astype(np.float32, copy=False)
     seconds["error_map"] = time.perf_counter() - started
 
     report(0.85, "mapping the error map onto the input grid")
