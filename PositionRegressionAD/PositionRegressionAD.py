@@ -179,9 +179,13 @@ if ScriptedLoadableModule is not None:
             from PositionRegressionADLib.results import set_overlay, set_threshold
 
             node = self._parameterNode
+            # Automatic: the map the Lib chose (the calibrated z-map when the model has one) at its
+            # threshold; a threshold the user set is in mm, so it shows the error map.
+            overlay = results.displayed_map
             if not node.autoThreshold:
                 set_threshold(results, node.overlayThresholdMm)
-            set_overlay(slicer.mrmlScene, node.inputVolume, results.error_map if node.showOverlay else None,
+                overlay = results.error_map
+            set_overlay(slicer.mrmlScene, node.inputVolume, overlay if node.showOverlay else None,
                         node.overlayOpacity)
             results.skull_surface.GetDisplayNode().SetVisibility(node.showSurface)
 

@@ -1,19 +1,17 @@
-"""End to end in Debian's headless Chromium: the web viewer loads the sample, detects, shows, downloads, cancels.
+"""End to end in Debian's headless Chromium: the web viewer loads the sample, detects, shows, downloads,
+cancels.
 
 The server runs as a user starts it (``python -m PositionRegressionADWeb`` on 127.0.0.1, a free
-port; the bundled sample scan), with the real detector (``python -m ppr detect`` in a child process) and a tiny untrained
-bundle on a coarse grid: its numbers mean nothing about anomalies, but they are the core's, and
-the page must show exactly what the scores file says. Every wait is on the page's state.
-
-Set PPR_WEB_SCREENSHOTS=DIR to also keep the page's pictures there (the README's come from it).
+port; the bundled sample scan), with the real detector (``python -m ppr detect`` in a child
+process) and a tiny untrained bundle on a coarse grid: its numbers mean nothing about anomalies,
+but they are the core's, and the page must show exactly what the scores file says. Every wait is
+on the page's state.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +58,6 @@ def _is_detector_step(message: str) -> bool:
     return any(message.startswith(step) for step in DETECTOR_STEPS)
 
 
-def _keep_picture(path: Path) -> None:
-    folder = os.environ.get("PPR_WEB_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, Path(folder) / path.name)
-
-
 @pytest.mark.slow
 def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle, tmp_path):
     missing = browser_missing()
@@ -78,7 +69,7 @@ def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle,
     # No --sample: the button opens the bundled sample.
     arguments = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_bundle)]
     with ViewerServer(arguments, log=tmp_path / "server.log") as server, \
-            headless_chromium(tmp_path / "profile", downloads, size=(1600, 1150)) as driver:
+            headless_chromium(tmp_path / "profile", downloads) as driver:
         page = ViewerPage(driver, server.url)
         assert "tiny" in page.element("model-card").text
 
@@ -93,10 +84,7 @@ def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle,
         seen: list[str] = []
 
         def finished() -> bool:
-            message = page.progress_message()
-            if _is_detector_step(message) and not any(map(_is_detector_step, seen)):
-                _keep_picture(page.save_screenshot(tmp_path / "web-progress.png"))
-            seen.append(message)
+            seen.append(page.progress_message())
             return any(word in page.status() for word in ("Done", "failed"))
 
         page.wait_until(finished, "the detection to finish", DETECTION_SECONDS)
@@ -116,7 +104,6 @@ def test_the_page_detects_shows_downloads_and_cancels(dev_data_dir, tiny_bundle,
         assert all(hot_pixels_in_head(p) >= 20 for p in shown)
         assert "Stride 4" in page.element("run-details").text
         assert not page.element("device-line").text.startswith("Looking")
-        _keep_picture(page.save_screenshot(tmp_path / "web-results.png"))
 
         # Those hot pixels are the error map's (not only the candidates' outlines): opacity 0 takes them away.
         page.slider_to_end("opacity-slider", "min")

@@ -47,7 +47,8 @@ def write_scores_json(row: dict[str, object], path: Path) -> Path:
 
 
 def summary_lines(row: dict[str, object], scan_dir: Path, output_dir: Path) -> list[str]:
-    lines = [f"Anomaly scores of {row['Scan']} ({row.get('Region score', '')}):"]
+    lines = [f"Anomaly scores of {row['Scan']} ({row.get('Region score', '')} of the "
+             f"{row.get('Score map', 'mm')} map):"]
     lines += [f"  {column:<17} {row.get(column, '')}" for column in SCORE_COLUMNS if column in row]
     lines.append(f"Detector: {row.get('Seconds', '')} s on {row.get('Device', '')}, stride {row.get('Stride', '')}; "
                  f"whole scan {row.get('Total seconds', '')} s")

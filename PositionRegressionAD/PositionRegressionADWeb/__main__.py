@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the only folder the page may open scans and model bundles from")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"interface to listen on (default {DEFAULT_HOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model bundle offered as the default (default: the bundled model)")
     parser.add_argument("--sample", type=Path, default=None,

@@ -9,8 +9,9 @@ the server (trame-slicer); detection and display go through ``ViewerSession``, i
 ``PositionRegressionADLib``, as in the Slicer module.
 
 Nothing the page sends is trusted: file names go through ``paths``, uploads through ``uploads``,
-device and quality must be among those offered, numbers must be finite. Every failure becomes a message on the page and the
-server goes on serving. The page's state is shared by every browser tab open on it: one user.
+device and quality must be among those offered, numbers must be finite. Every failure becomes a
+message on the page and the server goes on serving. The page's state is shared by every browser
+tab open on it: one user.
 
 It does not parse the command line (``__main__``) and does not compute anything itself.
 """
@@ -347,8 +348,8 @@ class PositionRegressionWebApp(TrameApp):
             results = self.session.finish_detection()
             self._show_results()
             seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
-            self._say(f"Done in {seconds:.0f} s. The slices show the highest error; the scores are on the right.",
-                      "success")
+            self._say(f"Done in {seconds:.0f} s. The slices go through the most anomalous point; "
+                      "the scores are on the right.", "success")
         except DetectionCancelled:
             self._say("Detection cancelled: nothing was added; earlier results, if any, are unchanged.", "warning")
         except PPRError as error:

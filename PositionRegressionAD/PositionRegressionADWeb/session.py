@@ -4,7 +4,8 @@ Every step is a call into ``PositionRegressionADLib``, the same calls the Slicer
 ``load_volume`` to read a scan, ``DetectionLogic.start`` / ``take_progress`` / ``finish`` for a
 detection with progress and cancel, ``set_overlay`` / ``set_overlay_threshold`` for the displayed
 map over the slices (the calibrated z-map, or the error map of an uncalibrated model), ``table_row``
-for the scores, ``save_scene_mrb`` / ``save_node`` / ``write_scores`` for the downloads. So the page shows what Slicer shows, computed by one implementation.
+for the scores, ``save_scene_mrb`` / ``save_node`` / ``write_scores`` for the downloads. So the page
+shows what Slicer shows, computed by one implementation.
 
 It knows nothing about trame or the page (``app`` binds it to them) and it does not decide which
 files may be read (``paths``, ``uploads``).

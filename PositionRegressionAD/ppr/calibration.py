@@ -453,7 +453,8 @@ def calibrate_bundle(
             f"The model was trained on {', '.join(seen)}: calibrate with held-out healthy scans "
             "(or pass --allow-training-scans if you know what you are doing)."
         )
-    options = DetectOptions(stride=stride, device=device)
+    # The statistics are of the raw error: an existing (maybe other-grid) calibration must not be applied.
+    options = DetectOptions(stride=stride, device=device, use_calibration=False)
 
     def scans() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for index, image in enumerate(images):

@@ -415,7 +415,8 @@ class BundleDetector:
         from ppr.detection import DetectOptions
 
         self.bundle = bundle
-        self.options = DetectOptions(method=method, stride=stride, device=device)
+        # z is recomputed here from the raw error map, so detection must not apply the calibration.
+        self.options = DetectOptions(method=method, stride=stride, device=device, use_calibration=False)
         self.cache_key = f"{model_key(bundle)}|method={method}|stride={stride}"
 
     def __call__(self, image: sitk.Image) -> CaseMaps:
