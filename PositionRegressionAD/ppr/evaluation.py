@@ -32,6 +32,7 @@ import SimpleITK as sitk
 
 from ppr.calibration import Aggregation, Calibration, image_case_name, z_map
 from ppr.errors import InputImageError, PPRError
+from ppr.imageio import file_digest
 from ppr.mood import MoodNormalisation, write_mood_outputs
 
 # ----------------------------------------------------------------------------- ranking metrics
@@ -341,18 +342,6 @@ class Detector(Protocol):
     def __call__(self, image: sitk.Image) -> CaseMaps: ...
 
 
-def image_hash(path: Path) -> str:
-    """sha256 of an image file, or of every file (names and bytes) of a DICOM folder."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 class MapCache:
     """Model-space maps of detected cases under ``folder``, keyed by image hash + detector key.
 
@@ -363,7 +352,7 @@ class MapCache:
         self.folder = Path(folder)
 
     def key(self, image_path: Path, detector_key: str) -> str:
-        return hashlib.sha256(f"{image_hash(image_path)}|{detector_key}".encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{file_digest(image_path)}|{detector_key}".encode()).hexdigest()[:32]
 
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return (

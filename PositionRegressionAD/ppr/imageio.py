@@ -7,6 +7,7 @@ series from a folder. It does not check whether the image is a usable head CT (s
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -66,3 +67,16 @@ def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     # ITK puts the useful sentence last, after file and line numbers.
     return lines[-1] if lines else type(error).__name__
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, or of the names and bytes of every file of a folder (DICOM series)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

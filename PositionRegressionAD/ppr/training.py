@@ -34,6 +34,7 @@ import torch
 
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
+from ppr.imageio import file_digest
 from ppr.inference import autocast_context, resolve_device
 from ppr.network import PPRNet, normalised_positions, position_loss
 
@@ -122,19 +123,6 @@ class TrainingResult:
 
 # ---------------------------------------------------------------------------------------------
 # Cached preprocessing
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file, or of the names and bytes of every file of a folder (DICOM series)."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def case_name(path: Path) -> str:
