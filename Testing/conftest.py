@@ -31,3 +31,21 @@ def dev_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, dev_data_dir) -> Path:
+    """An untrained, tiny model bundle on a dev reference (64^3 at 4 mm, m = 2): the numbers it gives
+    mean nothing about anomalies, but they are the core's, so tests can check they arrive unchanged."""
+    torch = pytest.importorskip("torch")
+    from ppr.bundle import save_bundle
+    from ppr.config import PreprocessConfig
+    from ppr.imageio import read_image
+    from ppr.network import PPRNet
+    from ppr.preprocess import prepare_reference
+
+    config = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
+    reference = prepare_reference(read_image(dev_data_dir / "ctich_054.nii.gz"), config)
+    torch.manual_seed(0)
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny", PPRNet(m=2, patch_size=29), config, reference,
+                       {"note": "untrained, for tests only"})

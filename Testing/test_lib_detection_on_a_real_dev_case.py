@@ -74,22 +74,6 @@ def test_results_on_a_real_scan_keep_its_geometry_and_the_skull_surface_lies_on_
 # the numbers mean nothing about anomalies, but they are the core's, and they must arrive unchanged.
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, dev_data_dir) -> Path:
-    torch = pytest.importorskip("torch")
-    from ppr.bundle import save_bundle
-    from ppr.config import PreprocessConfig
-    from ppr.imageio import read_image
-    from ppr.network import PPRNet
-    from ppr.preprocess import prepare_reference
-
-    config = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
-    reference = prepare_reference(read_image(dev_data_dir / "ctich_054.nii.gz"), config)
-    torch.manual_seed(0)
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny", PPRNet(m=2, patch_size=29), config, reference,
-                       {"note": "untrained, for tests only"})
-
-
 @pytest.mark.slow
 def test_real_detection_puts_the_cores_numbers_in_the_scene(dev_data_dir, tiny_bundle, tmp_path):
     context = SceneContext.create(tmp_path / "cache")

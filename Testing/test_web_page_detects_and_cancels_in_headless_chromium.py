@@ -38,22 +38,6 @@ DETECTION_SECONDS = 240.0
 DETECTOR_STEPS = ("reading the input", "bringing the scan into model space", "computing the error map")
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, dev_data_dir) -> Path:
-    torch = pytest.importorskip("torch")
-    from ppr.bundle import save_bundle
-    from ppr.config import PreprocessConfig
-    from ppr.imageio import read_image
-    from ppr.network import PPRNet
-    from ppr.preprocess import prepare_reference
-
-    config = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
-    reference = prepare_reference(read_image(dev_data_dir / "ctich_054.nii.gz"), config)
-    torch.manual_seed(0)
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny", PPRNet(m=2, patch_size=29), config, reference,
-                       {"note": "untrained, for tests only"})
-
-
 def _is_detector_step(message: str) -> bool:
     return any(message.startswith(step) for step in DETECTOR_STEPS)
 
