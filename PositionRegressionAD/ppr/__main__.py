@@ -27,12 +27,15 @@ def _command_module(name: str):
     return importlib.import_module(f"ppr.cli_{name}")
 
 
-def build_parser(available: dict[str, str]) -> argparse.ArgumentParser:
+def build_parser(available: dict[str, str], chosen: str | None = None) -> argparse.ArgumentParser:
+    """All commands; with ``chosen`` only that command's module is imported, so a command that
+    needs only torch (``bench``) runs where SimpleITK is not installed (a bare GPU machine)."""
     parser = argparse.ArgumentParser(prog="python -m ppr", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, summary in available.items():
         sub = subparsers.add_parser(name, help=summary, description=summary)
-        _command_module(name).add_arguments(sub)
+        if chosen is None or name == chosen:
+            _command_module(name).add_arguments(sub)
     return parser
 
 
@@ -46,7 +49,10 @@ def available_commands() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(available_commands()).parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    available = available_commands()
+    chosen = argv[0] if argv and argv[0] in available else None
+    args = build_parser(available, chosen).parse_args(argv)
     try:
         return int(_command_module(args.command).run(args) or 0)
     except PPRError as error:

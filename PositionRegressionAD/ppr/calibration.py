@@ -25,9 +25,17 @@ errors, so z of a single voxel is not inflated. Registration is only accurate to
 so statistics sharper than ~4 mm would describe registration noise rather than anatomy.
 Memory: n_scans * samples_per_axis^3 * (N/factor)^3 float32 (20 scans at N = 256: 168 MB).
 
-Default overlay threshold: the 99.9th percentile of the z of the calibration scans' own head voxels
-(in-sample, so slightly optimistic: each scan contributed 1/n of the pooled samples; with few scans
-expect somewhat more than 0.1 % of healthy voxels above it on new scans).
+Default overlay threshold: the 99.9th percentile of the z of the calibration scans' own voxels in
+brain and skull (the reference's hemispheres and skull, where findings are looked for), in-sample, so
+slightly optimistic: each scan contributed 1/n of the pooled samples; with few scans expect somewhat
+more than 0.1 % of healthy voxels above it on new scans. Taking it over the whole head let the neck
+and face, where healthy errors vary little and z runs high, set a threshold nothing in the brain
+reached.
+
+Places too few healthy scans measured (outside most calibration heads: the edge of the field of
+view, an unusually large head) have no statistics: their z is 0 ("nothing known to be unusual")
+rather than a z against the median of elsewhere. ``scan_count`` records, per coarse voxel, how many
+scans contributed.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import SimpleITK as sitk
 
 from ppr.errors import BundleError, PPRError
 
-CALIBRATION_FORMAT_VERSION = 1
+CALIBRATION_FORMAT_VERSION = 2  # 2: scan_count; version-1 files are read as measured everywhere
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 MIN_SCANS = 3
 
@@ -60,7 +68,8 @@ class CalibrationConfig:
     smoothing_voxels: Gaussian sigma, in coarse voxels, applied to the median and spread maps.
     min_spread_mm: floor of the spread so z does not explode where healthy errors are all equal.
     min_spread_fraction: a second floor, this fraction of the median spread inside the head.
-    overlay_percentile: percentile of healthy head-voxel z used as the default overlay threshold.
+    overlay_percentile: percentile of healthy brain-and-skull z used as the default overlay threshold.
+    min_scans_measured: a place needs samples from this many scans (at most all of them) to have a z.
     """
 
     factor: int = 4
@@ -69,6 +78,7 @@ class CalibrationConfig:
     min_spread_mm: float = 0.5
     min_spread_fraction: float = 0.1
     overlay_percentile: float = 99.9
+    min_scans_measured: int = MIN_SCANS
 
     def __post_init__(self) -> None:
         if self.factor < 1:
@@ -79,6 +89,8 @@ class CalibrationConfig:
             raise ValueError("smoothing_voxels, min_spread_fraction must be >= 0 and min_spread_mm > 0")
         if not 50.0 <= self.overlay_percentile < 100.0:
             raise ValueError(f"overlay_percentile must be in [50, 100), got {self.overlay_percentile}")
+        if self.min_scans_measured < 1:
+            raise ValueError(f"min_scans_measured must be at least 1, got {self.min_scans_measured}")
 
     @property
     def sample_offsets(self) -> np.ndarray:
@@ -106,6 +118,8 @@ class Calibration:
 
     median_mm, spread_mm: float32 arrays of shape ``coarse_shape`` (model axes z, y, x).
     grid_shape: shape of the model-space error maps this calibration applies to.
+    scan_count: per coarse voxel, how many scans measured it (None: everywhere measured, as in
+        calibrations written before it was recorded).
     """
 
     median_mm: np.ndarray
@@ -115,10 +129,18 @@ class Calibration:
     case_names: tuple[str, ...]
     overlay_threshold_z: float
     config: CalibrationConfig
+    scan_count: np.ndarray | None = None
 
     @property
     def factor(self) -> int:
         return self.config.factor
+
+    @property
+    def measured(self) -> np.ndarray:
+        """Coarse voxels with statistics: measured by enough scans (bool, coarse grid)."""
+        if self.scan_count is None:
+            return np.ones(self.median_mm.shape, dtype=bool)
+        return self.scan_count >= min(self.config.min_scans_measured, self.n_scans)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -187,26 +209,29 @@ def fit_calibration(
     case_names: Iterable[str],
     config: CalibrationConfig = CalibrationConfig(),
     head_masks: Iterable[np.ndarray] | None = None,
+    threshold_mask: np.ndarray | None = None,
 ) -> Calibration:
     """Estimate healthy error statistics from model-space error maps (mm) of healthy scans.
 
     error_maps_mm may be a generator (maps are reduced one at a time, never all held at full size).
     head_masks, when given (one per map, model space), restrict the statistics to head voxels:
     background errors say nothing about anatomy and would otherwise leak into the head's edge.
-    NaN voxels (not computed) are ignored.
+    NaN voxels (not computed) are ignored. threshold_mask (model space, e.g. brain and skull of the
+    reference) restricts the voxels the overlay threshold is taken over; None: all measured voxels.
     """
     scans = zip(error_maps_mm, head_masks) if head_masks is not None else ((m, None) for m in error_maps_mm)
-    return fit_calibration_scans(scans, case_names, config)
+    return fit_calibration_scans(scans, case_names, config, threshold_mask)
 
 
 def fit_calibration_scans(
     scans: Iterable[tuple[np.ndarray, np.ndarray | None]],
     case_names: Iterable[str],
     config: CalibrationConfig = CalibrationConfig(),
+    threshold_mask: np.ndarray | None = None,
 ) -> Calibration:
     """``fit_calibration`` over (error map, head mask or None) pairs, e.g. from a generator."""
     names = tuple(case_names)
-    samples, grid_shape = [], None
+    samples, grid_shape, scan_count = [], None, None
     for error_map, head_mask in scans:
         error_map = np.asarray(error_map)
         if error_map.ndim != 3:
@@ -221,6 +246,8 @@ def fit_calibration_scans(
         scan_samples = block_samples(error_map, config)
         if head_mask is not None:
             scan_samples[block_samples(np.asarray(head_mask, np.float32), config) < 0.5] = np.nan
+        measured_here = np.isfinite(scan_samples).any(axis=0).astype(np.int32)
+        scan_count = measured_here if scan_count is None else scan_count + measured_here
         samples.append(scan_samples)
     if len(samples) < MIN_SCANS:
         raise PPRError(
@@ -235,8 +262,20 @@ def fit_calibration_scans(
     median = _smooth_where_measured(median, count, config.smoothing_voxels)
     spread = _smooth_where_measured(spread, count, config.smoothing_voxels)
     spread = _floor_spread(spread, count > 0, config)
+    measured = scan_count >= min(config.min_scans_measured, len(names))
     z = (stacked - median) / spread
-    threshold = float(np.percentile(z[np.isfinite(z)], config.overlay_percentile))
+    counted = np.isfinite(z) & measured[None]
+    if threshold_mask is not None:
+        if np.shape(threshold_mask) != grid_shape:
+            raise ValueError(f"threshold_mask shape {np.shape(threshold_mask)} differs from the maps' {grid_shape}")
+        inside = block_samples(np.asarray(threshold_mask, np.float32), config) >= 0.5
+        inside = np.tile(inside, (len(names), 1, 1, 1))  # the same places in every scan's samples
+        # Tiny regions (synthetic tests, odd references) fall back to every measured voxel.
+        if (counted & inside).sum() >= 100:
+            counted &= inside
+    if not counted.any():
+        raise PPRError("No place was measured by enough calibration scans: give more healthy head CTs.")
+    threshold = float(np.percentile(z[counted], config.overlay_percentile))
     return Calibration(
         median_mm=median,
         spread_mm=spread,
@@ -245,6 +284,7 @@ def fit_calibration_scans(
         case_names=names,
         overlay_threshold_z=threshold,
         config=config,
+        scan_count=scan_count.astype(np.uint16),
     )
 
 
@@ -275,7 +315,8 @@ def upsample_to_grid(coarse: np.ndarray, config: CalibrationConfig, grid_shape: 
 
 
 def z_map(error_map_mm: np.ndarray, calibration: Calibration) -> np.ndarray:
-    """z = (error - healthy median) / healthy spread, per model voxel (float32, model space)."""
+    """z = (error - healthy median) / healthy spread, per model voxel (float32, model space);
+    0 where too few healthy scans were measured to say what is usual."""
     error_map_mm = np.asarray(error_map_mm, dtype=np.float32)
     if error_map_mm.shape != tuple(calibration.grid_shape):
         raise PPRError(
@@ -284,7 +325,8 @@ def z_map(error_map_mm: np.ndarray, calibration: Calibration) -> np.ndarray:
         )
     median = upsample_to_grid(calibration.median_mm, calibration.config, error_map_mm.shape)
     spread = upsample_to_grid(calibration.spread_mm, calibration.config, error_map_mm.shape)
-    return ((error_map_mm - median) / spread).astype(np.float32)
+    measured = upsample_to_grid(calibration.measured.astype(np.float32), calibration.config, error_map_mm.shape)
+    return np.where(measured >= 0.5, (error_map_mm - median) / spread, 0.0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- files
@@ -306,6 +348,8 @@ def save_calibration(calibration: Calibration, path: str | Path) -> Path:
             case_names=np.asarray(calibration.case_names, dtype=str),
             overlay_threshold_z=np.float64(calibration.overlay_threshold_z),
             config_json=np.asarray(json.dumps(calibration.config.to_dict(), sort_keys=True)),
+            **({} if calibration.scan_count is None
+               else {"scan_count": calibration.scan_count.astype(np.uint16)}),
         )
     return path
 
@@ -332,13 +376,16 @@ def load_calibration(path: str | Path) -> Calibration:
                 case_names=tuple(str(v) for v in data["case_names"]),
                 overlay_threshold_z=float(data["overlay_threshold_z"]),
                 config=config,
+                scan_count=data["scan_count"].astype(np.int32) if "scan_count" in data.files else None,
             )
             stored_factor = int(data["factor"])
     except BundleError:
         raise
     except Exception as error:  # zip, key and value errors all mean the same to the user
         raise BundleError(f"{path} is not a readable calibration file ({error}): recalibrate the bundle.") from error
-    if stored_factor != config.factor or calibration.median_mm.shape != calibration.spread_mm.shape:
+    counts_shape = calibration.median_mm.shape if calibration.scan_count is None else calibration.scan_count.shape
+    if (stored_factor != config.factor or calibration.median_mm.shape != calibration.spread_mm.shape
+            or counts_shape != calibration.median_mm.shape):
         raise BundleError(f"{path} is inconsistent: recalibrate the bundle.")
     return calibration
 
@@ -466,7 +513,14 @@ def calibrate_bundle(
                 raise type(error)(f"{image}: {error}") from None
             yield sitk.GetArrayFromImage(result.error_map_model), sitk.GetArrayFromImage(result.head_mask_model) > 0
 
-    calibration = fit_calibration_scans(scans(), names, config)
+    from ppr.scores import FOCUS_REGIONS
+
+    regions = bundle.region_masks
+    brain_and_skull = np.zeros(bundle.reference.GetSize()[::-1], dtype=bool)
+    for name in FOCUS_REGIONS:
+        if name in regions:
+            brain_and_skull |= regions[name]
+    calibration = fit_calibration_scans(scans(), names, config, brain_and_skull)
     if progress:
         progress(1.0, "writing the calibration")
     partial = bundle_path / f".{CALIBRATION}.partial"
