@@ -37,7 +37,7 @@ def test_places_no_scan_measured_have_z_zero_and_measured_places_keep_their_z() 
 
 def test_the_overlay_threshold_is_taken_over_the_threshold_mask_only() -> None:
     maps, heads = _scans(5)
-    config = CalibrationConfig(factor=4)
+    config = CalibrationConfig(factor=4, overlay_percentile=99.9)
     brain = np.zeros(SHAPE, dtype=bool)
     brain[:24, :, 14:] = True  # away from the neck, whose statistics smoothing mixes in
     whole_head = fit_calibration(maps, [f"c{i}" for i in range(5)], config, heads)
