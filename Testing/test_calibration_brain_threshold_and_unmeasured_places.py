@@ -61,3 +61,15 @@ def test_scan_counts_survive_the_file_and_older_files_count_as_measured(tmp_path
     np.savez(tmp_path / "old.npz", **version_1)
     old = load_calibration(tmp_path / "old.npz")
     assert old.scan_count is None and old.measured.all()
+
+
+def test_the_spread_floor_follows_the_error_unit() -> None:
+    """Autoencoder residuals (intensity, ~0.05) must not be floored at the 0.5 of a map in mm."""
+    rng = np.random.default_rng(3)
+    maps = [(0.05 + 0.01 * rng.normal(size=SHAPE)).astype(np.float32) for _ in range(4)]
+    names = [f"c{i}" for i in range(4)]
+    config = CalibrationConfig(factor=4)
+    as_intensity = fit_calibration(maps, names, config, unit="intensity")
+    as_mm = fit_calibration(maps, names, config, unit="mm")
+    assert 0.005 <= float(np.median(as_intensity.spread_mm)) < 0.02  # the real spread, ~0.01
+    assert float(as_mm.spread_mm.min()) == 0.5  # the mm floor swamps it

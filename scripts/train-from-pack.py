@@ -8,6 +8,7 @@ model-space volumes. This script moves the second part:
               --out pack.npz
   there:  python scripts/train-from-pack.py train pack.npz --checkpoint OUT/checkpoint.pt \
               --max-minutes 7 [--mode dense --crops 2 --crop 48 --lr 1e-4 ...]
+          (the autoencoder baseline: --method ae [--volumes-per-step 4])
   here:   cp checkpoint.pt CACHE/checkpoint.pt
           python -m ppr train A.nii.gz ... --val C.nii.gz ... --cache CACHE --resume --steps S ...
 
@@ -64,7 +65,8 @@ def train_from_pack(args: argparse.Namespace) -> None:
     training, validation = _load_pack(args.pack)
     config = TrainConfig(steps=args.steps, max_minutes=args.max_minutes, m=args.m, mode=args.mode,
                          batch=args.batch, crops=args.crops, crop=args.crop, lr=args.lr, seed=args.seed,
-                         device=args.device, val_every=args.val_every)
+                         device=args.device, val_every=args.val_every, method=args.method,
+                         volumes_per_step=args.volumes_per_step, ae_loss=args.ae_loss)
 
     def progress(fraction: float, message: str) -> None:
         if "val" in message:
@@ -74,7 +76,7 @@ def train_from_pack(args: argparse.Namespace) -> None:
     summary = {"steps": result.steps, "seconds": round(result.seconds, 1), "device": result.device,
                "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
                "initial_val_loss": result.initial_val_loss,
-               "patches_per_second": round(result.patches_per_second, 1), "config": config.to_dict()}
+               f"{config.rate_unit}_per_second": round(result.patches_per_second, 3), "config": config.to_dict()}
     print(json.dumps(summary))
 
 
@@ -96,6 +98,10 @@ def main() -> None:
     t.add_argument("--steps", type=int)
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--m", type=int, default=16)
+    t.add_argument("--method", choices=("ppr", "ae"), default="ppr",
+                   help="ppr (default) or ae, the autoencoder baseline (the bundle command needs the same)")
+    t.add_argument("--volumes-per-step", type=int, default=4, help="ae: whole volumes per step (the paper's 4)")
+    t.add_argument("--ae-loss", choices=("head", "volume"), default="head", help="ae: where the L1 is averaged")
     t.add_argument("--mode", default="dense")
     t.add_argument("--batch", type=int, default=256)
     t.add_argument("--crops", type=int, default=2)

@@ -64,7 +64,9 @@ def build_candidates(error_map: slicer.vtkMRMLScalarVolumeNode, threshold_mm: fl
 
 
 def _peak(value: float, unit: str) -> str:
-    return f"z {value:.1f}" if unit == "z" else f"{value:.1f} mm"
+    if unit in ("z", "mm"):
+        return f"z {value:.1f}" if unit == "z" else f"{value:.1f} mm"
+    return f"{value:.3g} ({unit})"  # an autoencoder residual, in intensity
 
 
 def _oriented_labelmap(volume: slicer.vtkMRMLScalarVolumeNode, labels: np.ndarray) -> slicer.vtkOrientedImageData:

@@ -24,6 +24,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from PositionRegressionADLib.report import error_unit_of
 from PositionRegressionADLib.results import DetectionResults
 from PositionRegressionADLib.scene_io import SceneContext
 from PositionRegressionADLib.skull_surface import Z_ARRAY_NAME
@@ -175,7 +176,7 @@ def render_surface(results: DetectionResults, path: Path, view_px: int = 400,
 
     renderer = vtk.vtkRenderer()
     renderer.AddActor(actor)
-    renderer.AddViewProp(_scalar_bar(lookup, "z" if array_name == Z_ARRAY_NAME else "error mm"))
+    renderer.AddViewProp(_scalar_bar(lookup, "z" if array_name == Z_ARRAY_NAME else f"error {error_unit_of(results.scores)}"))
     renderer.SetBackground(0.1, 0.1, 0.12)
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(True)

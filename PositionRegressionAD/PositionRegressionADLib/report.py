@@ -17,13 +17,23 @@ import vtk
 
 from ppr.errors import PPRError
 
-SCORE_MAPS = ("z", "mm")
+SCORE_MAPS = ("z", "mm", "intensity")  # z, or the raw error's unit: PPR mm, autoencoder intensity
+ERROR_DESCRIPTIONS = {"mm": "position error", "intensity": "autoencoder residual"}
 REGION_LABELS = {
     "left_hemisphere": "Left hemisphere",
     "right_hemisphere": "Right hemisphere",
     "skull": "Skull",
     "head": "Whole head",
 }
+
+
+ERROR_UNIT_COLUMN = "Error unit"
+
+
+def error_unit_of(table: slicer.vtkMRMLTableNode | None) -> str:
+    """The error map's unit recorded in a scores table ("mm" for tables from before the column)."""
+    column = None if table is None else table.GetTable().GetColumnByName(ERROR_UNIT_COLUMN)
+    return "mm" if column is None or column.GetNumberOfValues() == 0 else str(column.GetValue(0))
 
 
 class ResultImportError(PPRError):
@@ -48,6 +58,7 @@ class DetectionReport:
     overlay_threshold: float | None = None
     z_map: str | None = None
     z: dict[str, float] = field(default_factory=dict)
+    error_unit: str = "mm"
 
     @classmethod
     def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
@@ -58,12 +69,13 @@ class DetectionReport:
                          regions=_flatten_numbers(data["regions"]),
                          max_error_lps=tuple(float(v) for v in data["max_error_lps"]),
                          registration_metric=float(data["registration_metric"]),
-                         error_mm=_flatten_numbers(data.get("error_mm", {})),
+                         error_mm=_flatten_numbers(data.get("error", data.get("error_mm", {}))),
                          aggregate=str(data.get("aggregate", "")),
                          score_map=str(data.get("score_map", "mm")),
                          overlay_threshold=_number_or_none(data.get("overlay_threshold")),
                          z_map=None if data.get("z_map") is None else str(data["z_map"]),
-                         z=_flatten_numbers(data.get("z") or {}))
+                         z=_flatten_numbers(data.get("z") or {}),
+                         error_unit=str(data.get("error_unit", "mm")))
         except (KeyError, TypeError, ValueError) as error:
             raise ResultImportError(
                 f"The detection finished but its report is incomplete ({error!r}). "
@@ -74,7 +86,8 @@ class DetectionReport:
     def check_score_map(self) -> None:
         """A z report names its z-map and threshold; an mm report has neither."""
         calibrated = self.z_map is not None and self.overlay_threshold is not None
-        if self.score_map not in SCORE_MAPS or calibrated != (self.score_map == "z"):
+        raw = self.score_map in (self.error_unit, "z")
+        if self.score_map not in SCORE_MAPS or calibrated != (self.score_map == "z") or not raw:
             raise ResultImportError(
                 f"The detection reported score map {self.score_map!r} with z-map {self.z_map!r} and threshold "
                 f"{self.overlay_threshold!r}, which do not belong together. Update the extension so the "
@@ -119,18 +132,22 @@ def build_scores_table(report: DetectionReport, name: str, overlay_threshold: fl
     table = slicer.vtkMRMLTableNode()
     table.SetName(name)
     how = f"{report.aggregate} of the" if report.aggregate else "Aggregate of the"
-    scored = ("calibrated z-map (how unusual the position error is for the place, in healthy spreads)"
-              if report.score_map == "z" else "position error, mm")
+    error = ERROR_DESCRIPTIONS.get(report.error_unit, "error")
+    scored = (f"calibrated z-map (how unusual the {error} is for the place, in healthy spreads)"
+              if report.score_map == "z" else f"{error}, {report.error_unit}")
     for label, value in report.score_columns().items():
         _add_column(table, vtk.vtkDoubleArray(), label, value,
                     f"{how} {scored} in the region (empty: the region misses the scan)", report.score_unit)
     for key, value in report.error_mm.items():
-        label = "Error (mm)" if key == "value" else f"Error {key} (mm)"
-        _add_column(table, vtk.vtkDoubleArray(), label, value, f"{key} of the position error over the head", "mm")
+        label = f"Error ({report.error_unit})" if key == "value" else f"Error {key} ({report.error_unit})"
+        _add_column(table, vtk.vtkDoubleArray(), label, value, f"{key} of the {error} over the head", report.error_unit)
     for key, value in report.z.items():
         _add_column(table, vtk.vtkDoubleArray(), f"z {key}", value, f"{key} of the calibrated z-map over the head", "z")
     _add_column(table, vtk.vtkStringArray(), "Score map", report.score_map,
-                "Map the region scores aggregate: z (calibrated z-map) or mm (position error)")
+                "Map the region scores aggregate: z (calibrated z-map), mm (position error) or intensity "
+                "(autoencoder residual)")
+    _add_column(table, vtk.vtkStringArray(), ERROR_UNIT_COLUMN, report.error_unit,
+                "Unit of the error map: mm (position error) or intensity (autoencoder residual)")
     if report.aggregate:
         _add_column(table, vtk.vtkStringArray(), "Region score", report.aggregate, "How region scores aggregate the map")
     if overlay_threshold is not None:
@@ -138,7 +155,7 @@ def build_scores_table(report: DetectionReport, name: str, overlay_threshold: fl
         _add_column(table, vtk.vtkDoubleArray(), "Overlay threshold", overlay_threshold,
                     "Values below this are not shown in the overlay and are not anomaly candidates", unit)
         _add_column(table, vtk.vtkStringArray(), "Overlay map", unit,
-                    "Map shown over the scan and on the skull surface: z (z-map) or mm (error map)")
+                    "Map shown over the scan and on the skull surface: z (z-map), or the error map in its unit")
     _add_column(table, vtk.vtkStringArray(), "Model", report.model, "Model bundle used")
     _add_column(table, vtk.vtkStringArray(), "Device", report.device, "Device the network ran on")
     _add_column(table, vtk.vtkIntArray(), "Stride", report.stride, "Error map computed every this many voxels")

@@ -294,9 +294,10 @@ def build_results(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map_path: 
         error_map=error_map,
         skull_surface=build_skull_surface(input_volume, shown, bone_threshold(input_volume, options.bone_threshold),
                                           array_name=Z_ARRAY_NAME if shows_z else ERROR_ARRAY_NAME),
-        scores=build_scores_table(report, f"{base} anomaly scores", overlay_threshold=threshold, overlay_map=kind),
+        scores=build_scores_table(report, f"{base} anomaly scores", overlay_threshold=threshold,
+                                  overlay_map=kind if kind == "z" else report.error_unit),
         candidates=build_candidates(shown, threshold, options.min_candidate_volume_mm3, options.max_candidates,
-                                    f"{base} anomaly candidates", unit=kind),
+                                    f"{base} anomaly candidates", unit=kind if kind == "z" else report.error_unit),
         threshold_mm=threshold_mm,
         color_range_mm=color_range_mm(errors, threshold_mm),
         # The detector's point: with a z-map, the highest z inside brain and skull, not in the neck.

@@ -3,7 +3,8 @@
 Layout::
 
     weights.pt        network state dict (spectral-norm parametrisation kept: resumable, exact)
-    config.json       format version, network {m, patch_size}, the PreprocessConfig, training
+    config.json       format version, network {m, patch_size} (PPR) or {method: "ae", m, levels,
+                      bottleneck} (the autoencoder baseline), the PreprocessConfig, training
                       summary (cases, steps, seconds, final losses), torch / ppr versions, date
     reference.nii.gz  the reference head in model space (float32 HU on the model grid)
     checksums.json    sha256 of every file above (and of calibration.npz when present)
@@ -35,6 +36,7 @@ import torch
 
 import ppr
 from ppr.config import PreprocessConfig
+from ppr.autoencoder import AutoEncoder3D
 from ppr.errors import BundleError
 from ppr.network import PPRNet
 
@@ -45,6 +47,9 @@ REFERENCE = "reference.nii.gz"
 CHECKSUMS = "checksums.json"
 CALIBRATION = "calibration.npz"
 REQUIRED_FILES = (WEIGHTS, CONFIG, REFERENCE)
+# The unit of each method's error map: PPR's position error is in mm, the AE's residual is in
+# the preprocessed intensity scale [0, 1].
+ERROR_UNITS = {"ppr": "mm", "ae": "intensity"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,20 +57,31 @@ class ModelBundle:
     """A loaded model bundle.
 
     network: the trained PPRNet in eval mode (fold it with ``ppr.network.fold_spectral_norm``
-        or let ``ppr.inference`` do it).
+        or let ``ppr.inference`` do it), or the AutoEncoder3D of an autoencoder bundle
+        (``method`` "ae").
     preprocess: how scans are brought into this model's space.
     reference: the reference head in model space (float32 HU), the fixed image of registration.
     info: the whole config.json (training summary, versions, date).
     calibration: ``ppr.calibration.Calibration`` when calibration.npz is present, else None.
     """
 
-    network: PPRNet
+    network: PPRNet | AutoEncoder3D
     preprocess: PreprocessConfig
     reference: sitk.Image
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     checksum: str = ""
     calibration: Any = None
+
+    @property
+    def method(self) -> str:
+        """"ppr" (position regression) or "ae" (the autoencoder baseline)."""
+        return network_method(self.info.get("network", {}))
+
+    @property
+    def error_unit(self) -> str:
+        """Unit of this model's error map: "mm" (PPR) or "intensity" (AE residual)."""
+        return ERROR_UNITS[self.method]
 
     @cached_property
     def region_masks(self) -> dict[str, np.ndarray]:
@@ -93,11 +109,34 @@ def write_checksums(folder: Path) -> Path:
     return path
 
 
-def bundle_config(network: PPRNet, preprocess: PreprocessConfig, training: dict[str, Any]) -> dict[str, Any]:
+def network_method(description: dict[str, Any]) -> str:
+    """The method of a config.json "network" entry; bundles from before the AE name none: PPR."""
+    return str(description.get("method", "ppr"))
+
+
+def network_description(network: PPRNet | AutoEncoder3D) -> dict[str, Any]:
+    """The config.json "network" entry: what ``build_network`` needs to rebuild it."""
+    if isinstance(network, AutoEncoder3D):
+        return {"method": "ae", "m": network.m, "levels": network.levels, "bottleneck": network.bottleneck}
+    return {"m": network.m, "patch_size": network.patch_size}  # unchanged since format 1
+
+
+def build_network(description: dict[str, Any]) -> PPRNet | AutoEncoder3D:
+    """The untrained network a config.json "network" entry describes (ValueError if it cannot)."""
+    method = network_method(description)
+    if method == "ae":
+        return AutoEncoder3D(int(description["m"]), int(description["levels"]), int(description["bottleneck"]))
+    if method != "ppr":
+        raise ValueError(f"unknown method {method!r}")
+    return PPRNet(int(description["m"]), int(description["patch_size"]))
+
+
+def bundle_config(network: PPRNet | AutoEncoder3D, preprocess: PreprocessConfig,
+                  training: dict[str, Any]) -> dict[str, Any]:
     """The content of config.json."""
     return {
         "format_version": FORMAT_VERSION,
-        "network": {"m": network.m, "patch_size": network.patch_size},
+        "network": network_description(network),
         "preprocess": preprocess.to_dict(),
         "training": training,
         "versions": {"ppr": ppr.__version__, "torch": torch.__version__, "SimpleITK": sitk.Version_VersionString()},
@@ -105,7 +144,7 @@ def bundle_config(network: PPRNet, preprocess: PreprocessConfig, training: dict[
     }
 
 
-def save_bundle(path: Path, network: PPRNet, preprocess: PreprocessConfig, reference: sitk.Image,
+def save_bundle(path: Path, network: PPRNet | AutoEncoder3D, preprocess: PreprocessConfig, reference: sitk.Image,
                 training: dict[str, Any], extra_files: dict[str, Path] | None = None) -> Path:
     """Write a bundle folder (or a .zip when ``path`` ends in .zip); replaces an existing one.
 
@@ -173,7 +212,7 @@ def _load_folder(folder: Path, shown: Path) -> ModelBundle:
     info = _read_config(folder, shown)
     try:
         preprocess = PreprocessConfig.from_dict(info["preprocess"])
-        network = PPRNet(int(info["network"]["m"]), int(info["network"]["patch_size"]))
+        network = build_network(info["network"])
     except (KeyError, TypeError, ValueError) as error:
         raise BundleError(f"The model bundle {shown} has an invalid config.json ({error}): it was not "
                           "written by a compatible version; train or download it again.") from None

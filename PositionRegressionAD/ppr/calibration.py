@@ -68,7 +68,10 @@ class CalibrationConfig:
     factor: a coarse voxel covers factor^3 model voxels.
     samples_per_axis: voxels pooled per block per axis from every scan (samples_per_axis <= factor).
     smoothing_voxels: Gaussian sigma, in coarse voxels, applied to the median and spread maps.
-    min_spread_mm: floor of the spread so z does not explode where healthy errors are all equal.
+    min_spread_mm: floor of the spread so z does not explode where healthy errors are all equal
+        (PPR position error maps, mm).
+    min_spread_intensity: the same floor for autoencoder residual maps (intensity in [0, 1], where
+        healthy residuals are ~0.02-0.1: a floor in mm would swamp them).
     min_spread_fraction: a second floor, this fraction of the median spread inside the head.
     overlay_percentile: percentile of healthy brain-and-skull z used as the default overlay threshold.
     min_scans_measured: a place needs samples from this many scans (at most all of them) to have a z.
@@ -78,6 +81,7 @@ class CalibrationConfig:
     samples_per_axis: int = 2
     smoothing_voxels: float = 1.0
     min_spread_mm: float = 0.5
+    min_spread_intensity: float = 0.005
     min_spread_fraction: float = 0.1
     overlay_percentile: float = 99.0
     min_scans_measured: int = MIN_SCANS
@@ -87,7 +91,8 @@ class CalibrationConfig:
             raise ValueError(f"factor must be at least 1, got {self.factor}")
         if not 1 <= self.samples_per_axis <= self.factor:
             raise ValueError(f"samples_per_axis must be in [1, factor], got {self.samples_per_axis}")
-        if self.smoothing_voxels < 0 or self.min_spread_mm <= 0 or self.min_spread_fraction < 0:
+        if (self.smoothing_voxels < 0 or self.min_spread_mm <= 0 or self.min_spread_intensity <= 0
+                or self.min_spread_fraction < 0):
             raise ValueError("smoothing_voxels, min_spread_fraction must be >= 0 and min_spread_mm > 0")
         if not 50.0 <= self.overlay_percentile < 100.0:
             raise ValueError(f"overlay_percentile must be in [50, 100), got {self.overlay_percentile}")
@@ -107,6 +112,13 @@ class CalibrationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def min_spread(self, unit: str) -> float:
+        """The absolute spread floor for error maps in ``unit`` ("mm" or "intensity")."""
+        floors = {"mm": self.min_spread_mm, "intensity": self.min_spread_intensity}
+        if unit not in floors:
+            raise ValueError(f"unknown error map unit {unit!r}; expected one of {sorted(floors)}")
+        return floors[unit]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CalibrationConfig":
@@ -212,6 +224,7 @@ def fit_calibration(
     config: CalibrationConfig = CalibrationConfig(),
     head_masks: Iterable[np.ndarray] | None = None,
     threshold_mask: np.ndarray | None = None,
+    unit: str = "mm",
 ) -> Calibration:
     """Estimate healthy error statistics from model-space error maps (mm) of healthy scans.
 
@@ -222,7 +235,7 @@ def fit_calibration(
     reference) restricts the voxels the overlay threshold is taken over; None: all measured voxels.
     """
     scans = zip(error_maps_mm, head_masks) if head_masks is not None else ((m, None) for m in error_maps_mm)
-    return fit_calibration_scans(scans, case_names, config, threshold_mask)
+    return fit_calibration_scans(scans, case_names, config, threshold_mask, unit)
 
 
 def fit_calibration_scans(
@@ -230,6 +243,7 @@ def fit_calibration_scans(
     case_names: Iterable[str],
     config: CalibrationConfig = CalibrationConfig(),
     threshold_mask: np.ndarray | None = None,
+    unit: str = "mm",
 ) -> Calibration:
     """``fit_calibration`` over (error map, head mask or None) pairs, e.g. from a generator."""
     names = tuple(case_names)
@@ -263,7 +277,7 @@ def fit_calibration_scans(
     median, spread, count = robust_statistics(stacked)
     median = _smooth_where_measured(median, count, config.smoothing_voxels)
     spread = _smooth_where_measured(spread, count, config.smoothing_voxels)
-    spread = _floor_spread(spread, count > 0, config)
+    spread = _floor_spread(spread, count > 0, config, unit)
     measured = scan_count >= min(config.min_scans_measured, len(names))
     z = (stacked - median) / spread
     counted = np.isfinite(z) & measured[None]
@@ -290,9 +304,9 @@ def fit_calibration_scans(
     )
 
 
-def _floor_spread(spread: np.ndarray, measured: np.ndarray, config: CalibrationConfig) -> np.ndarray:
+def _floor_spread(spread: np.ndarray, measured: np.ndarray, config: CalibrationConfig, unit: str) -> np.ndarray:
     typical = float(np.median(spread[measured]))
-    floor = max(config.min_spread_mm, config.min_spread_fraction * typical)
+    floor = max(config.min_spread(unit), config.min_spread_fraction * typical)
     return np.maximum(spread, floor).astype(np.float32)
 
 
@@ -522,7 +536,7 @@ def calibrate_bundle(
     for name in FOCUS_REGIONS:
         if name in regions:
             brain_and_skull |= regions[name]
-    calibration = fit_calibration_scans(scans(), names, config, brain_and_skull)
+    calibration = fit_calibration_scans(scans(), names, config, brain_and_skull, bundle.error_unit)
     if progress:
         progress(1.0, "writing the calibration")
     partial = bundle_path / f".{CALIBRATION}.partial"

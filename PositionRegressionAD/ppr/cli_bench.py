@@ -16,6 +16,19 @@ does not depend on the weights; ``--model`` uses a bundle's network instead):
 - ``train_patches_per_second``: sampled (batch 256 patches) and dense (one 64^3 crop per step)
   training steps on a 128^3 synthetic volume.
 
+``--method ae`` measures the paper's comparison with the autoencoder baseline instead, on the
+same synthetic head at ``--size`` (a multiple of 16), both networks of width ``--m`` with random
+weights (``--model`` does not apply):
+
+- ``training_peak_memory_mb``: ``ppr_sampled`` (``--ppr-batch`` patches per step, the paper's 256),
+  ``ppr_dense`` (``--crops`` crops of ``--crop``^3 positions) and ``ae`` (``--volumes-per-step``
+  whole volumes, the paper's 4): CUDA peak allocation on a GPU, peak process RSS on the CPU (RSS
+  also counts what earlier parts left allocated: ``rss_start_mb`` says how much that was);
+  ``training_seconds_per_step`` of the same ``--train-steps`` steps.
+- ``inference_seconds_per_volume``: ``ppr`` (the full-resolution dense error map) and ``ae`` (the
+  reconstruction and its post-filter, ``ae_post_filter``), after one warm-up each, with
+  ``inference_peak_memory_mb``.
+
 Timing code lives here because it is only ever used by this command; it prints figures and
 asserts nothing. Everything is measured, nothing is extrapolated.
 """
@@ -33,6 +46,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ppr.autoencoder import AutoEncoder3D, residual_map
 from ppr.inference import InferenceOptions, dense_forward, error_map, inference_network, patch_positions, resolve_device
 from ppr.network import PPRNet
 
@@ -46,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block", type=int, default=16, help="edge of the voxel block of the speedup (multiple of 4)")
     parser.add_argument("--skip-full", action="store_true", help="skip the full-resolution map (the slowest part)")
     parser.add_argument("--skip-training", action="store_true", help="skip the training throughput")
+    parser.add_argument("--method", choices=("ppr", "ae"), default="ppr",
+                        help="ppr: PPR inference and training speed (default); ae: PPR vs the autoencoder "
+                             "baseline, training memory and inference time per volume")
+    parser.add_argument("--ppr-batch", type=int, default=256, help="ae comparison: PPR patches per sampled step")
+    parser.add_argument("--crop", type=int, default=64, help="ae comparison: PPR dense crop edge")
+    parser.add_argument("--crops", type=int, default=1, help="ae comparison: PPR dense crops per step")
+    parser.add_argument("--volumes-per-step", type=int, default=4, help="ae comparison: AE volumes per step")
+    parser.add_argument("--train-steps", type=int, default=2, help="ae comparison: training steps measured")
     parser.add_argument("--json", action="store_true", help="print the JSON object only")
 
 
@@ -148,20 +170,91 @@ def training_throughput(m: int, device: torch.device) -> dict[str, float]:
     return rates
 
 
+def _free(device: torch.device) -> None:
+    """Release what the previous measurement left, so the next peak is its own."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def training_memory(config: "TrainConfig", volumes: list, device: torch.device) -> dict[str, float]:  # noqa: F821
+    """Peak memory and seconds per step of ``config.steps`` training steps from a fresh network."""
+    from ppr.training import train
+
+    _free(device)
+    start = _rss_mb()
+    with peak_memory(device) as memory:
+        result = train(volumes, config)
+    seconds = result.seconds / max(result.steps, 1)
+    del result
+    _free(device)
+    return {"peak_memory_mb": memory["mb"], "rss_start_mb": start, "seconds_per_step": seconds}
+
+
+def ae_comparison(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """PPR vs the autoencoder: training memory at the paper's batch sizes, inference per volume."""
+    from ppr.autoencoder import check_grid
+    from ppr.training import TrainConfig, TrainingVolume
+
+    ae = AutoEncoder3D(m=args.m)
+    check_grid((args.size,) * 3, ae.stride)
+    volume, head = synthetic_head_volume(args.size)
+    volumes = [TrainingVolume(f"synthetic{i}", volume, head) for i in range(args.volumes_per_step)]
+    common = {"steps": args.train_steps, "m": args.m, "device": device.type, "val_every": 10**6}
+    configs = {
+        "ppr_sampled": TrainConfig(mode="sampled", batch=args.ppr_batch, **common),
+        "ppr_dense": TrainConfig(mode="dense", crop=args.crop, crops=args.crops, **common),
+        "ae": TrainConfig(method="ae", volumes_per_step=args.volumes_per_step, **common),
+    }
+    training = {name: training_memory(config, volumes, device) for name, config in configs.items()}
+    report: dict[str, object] = {
+        "training_peak_memory_mb": {name: t["peak_memory_mb"] for name, t in training.items()},
+        "training_rss_start_mb": {name: t["rss_start_mb"] for name, t in training.items()},
+        "training_seconds_per_step": {name: t["seconds_per_step"] for name, t in training.items()},
+        "training_batch": {"ppr_sampled": f"{args.ppr_batch} patches",
+                           "ppr_dense": f"{args.crops} crops of {args.crop}^3 positions",
+                           "ae": f"{args.volumes_per_step} volumes of {args.size}^3"},
+    }
+    post_filter = "erosion"
+    try:
+        import scipy.ndimage  # noqa: F401 - a bare GPU machine may lack SciPy: time the network alone
+    except ImportError:
+        post_filter = "none"
+    torch.manual_seed(0)
+    ppr_net = PPRNet(m=args.m)
+    timed_error_map(ppr_net, volume, head, 4, args.tile, device)  # warm-up (algorithm choice)
+    ppr = timed_error_map(ppr_net, volume, head, 1, args.tile, device)
+    residual_map(volume, head, ae, post_filter, device)  # warm-up
+    _free(device)
+    with peak_memory(device) as memory:
+        started, cpu_started = _synchronised(device), time.process_time()
+        residual_map(volume, head, ae, post_filter, device)
+        ae_seconds, ae_cpu = _synchronised(device) - started, time.process_time() - cpu_started
+    report.update({
+        "inference_seconds_per_volume": {"ppr": ppr["seconds"], "ae": ae_seconds},
+        "inference_cpu_seconds_per_volume": {"ppr": ppr["cpu_seconds"], "ae": ae_cpu},
+        "inference_peak_memory_mb": {"ppr": ppr["peak_memory_mb"], "ae": memory["mb"]},
+        "ae_post_filter": post_filter,
+        "parameters": {"ppr": sum(p.numel() for p in ppr_net.parameters()),
+                       "ae": sum(p.numel() for p in ae.parameters())},
+    })
+    return report
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(0)
+    if args.method == "ae":
+        return _print(args, {**_describe(device, args), **ae_comparison(args, device)})
     if args.model:
         from ppr.bundle import load_bundle
 
         net = load_bundle(args.model).network
     else:
         net = PPRNet(m=args.m)
-    report: dict[str, object] = {"load_average_1min": os.getloadavg()[0],
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        _cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "mkldnn": bool(torch.backends.mkldnn.is_available()), "m": net.m, "size": args.size, "tile": args.tile,
-    }
+    report: dict[str, object] = {**_describe(device, args), "m": net.m}
     volume, head = synthetic_head_volume(args.size)
     report["head_fraction"] = float(head.mean())
     block = speedup_on_block(net, volume, args.block, device)
@@ -178,6 +271,19 @@ def run(args: argparse.Namespace) -> int:
         report["peak_memory_mb"] = full["peak_memory_mb"]
     if not args.skip_training:
         report["train_patches_per_second"] = training_throughput(net.m, device)
+    return _print(args, report)
+
+
+def _describe(device: torch.device, args: argparse.Namespace) -> dict[str, object]:
+    """Where and with what the figures were measured."""
+    return {"load_average_1min": os.getloadavg()[0], "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "mkldnn": bool(torch.backends.mkldnn.is_available()), "m": args.m, "size": args.size, "tile": args.tile,
+            "method": args.method}
+
+
+def _print(args: argparse.Namespace, report: dict[str, object]) -> int:
     if not args.json:
         for key, value in report.items():
             print(f"{key}: {value}")

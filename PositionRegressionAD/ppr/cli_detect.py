@@ -4,10 +4,13 @@ Argument parsing and printing only: the work is ``ppr.detection.detect``. The er
 on the input's own grid; with a calibrated bundle the z-map too, on the same grid, at ``--z-out``
 or beside ``--out`` as ``<out stem>_z.nii.gz`` (``z_map_path``). With ``--json`` the last stdout
 line is one JSON object: ``seconds`` (total) and ``seconds_per_step``, ``device``, ``stride``,
-``method``, ``aggregate``, ``score_map`` ("z": regions scored on the calibrated z-map, "mm": on the
-error), ``regions`` (the aggregate per region, in z or mm per ``score_map``; null where a region
-misses the scan), ``error_mm`` (max, p99, mean of the error over the head), ``z`` (the same of the
-z-map, null without calibration), ``overlay_threshold`` (the calibration's z threshold for
+``method``, ``aggregate``, ``score_map`` ("z": regions scored on the calibrated z-map, else the raw
+error's unit: "mm" for a PPR bundle, "intensity" for an autoencoder bundle), ``regions`` (the
+aggregate per region, in the unit of ``score_map``; null where a region misses the scan),
+``error_unit`` ("mm" or "intensity"), ``error`` (max, p99, mean of the error over the head, in
+``error_unit``), ``error_mm`` (the same, only for a PPR bundle, whose error is in mm), ``z`` (the
+same of the z-map, null without calibration), ``post_filter`` (the AE residual's filter, null for
+PPR), ``overlay_threshold`` (the calibration's z threshold for
 overlays, null without calibration), ``max_error_lps`` (highest z inside brain and skull when
 calibrated, else highest error), ``registration_metric``, ``output``, ``z_map`` (path or null),
 ``model``. ``--no-calibration`` ignores a calibration (score_map "mm", for comparison).
@@ -21,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from ppr.autoencoder import POST_FILTERS
 from ppr.inference import STRIDES
 from ppr.scores import AGGREGATES
 
@@ -30,7 +34,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="head CT: NIfTI, NRRD, MHA file or DICOM series folder")
     parser.add_argument("--model", type=Path, required=True, help="model bundle (folder or .zip)")
-    parser.add_argument("--out", type=Path, required=True, help="error map to write (mm, the input's grid)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="error map to write on the input's grid (mm for PPR, intensity for an autoencoder)")
     parser.add_argument("--z-out", type=Path, default=None,
                         help="z-map to write with a calibrated bundle (default: <out stem>_z.nii.gz beside --out)")
     parser.add_argument("--no-calibration", action="store_true",
@@ -41,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute every K-th voxel and interpolate (4 = fast preview; default 1)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--tile", type=int, default=128, help="tile edge in voxels (lower = less memory)")
+    parser.add_argument("--post-filter", choices=POST_FILTERS, default="erosion",
+                        help="autoencoder bundles: residual post-filter, erosion (haemorrhage, default), "
+                             "median (fracture) or none; ignored for PPR bundles")
     parser.add_argument("--aggregate", choices=AGGREGATES, default="p99", help="region score (default p99)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
@@ -74,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     loading = time.perf_counter() - started
     options = DetectOptions(method=args.method, stride=args.stride, device=args.device, tile=args.tile,
-                            scores=ScoreOptions(args.aggregate), use_calibration=not args.no_calibration)
+                            scores=ScoreOptions(args.aggregate), use_calibration=not args.no_calibration,
+                            post_filter=args.post_filter)
     result = detect(image, bundle, options, progress)
     write_image(result.error_map_input, args.out)
     z_path = None
@@ -90,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
         "method": args.method,
         "aggregate": args.aggregate,
         "score_map": result.score_map,
-        "error_mm": result.error_mm,
+        "error_unit": result.unit,
+        "error": result.error_mm,
+        **({"error_mm": result.error_mm} if result.unit == "mm" else {}),
+        "post_filter": args.post_filter if bundle.method == "ae" else None,
         "z": result.z,
         "regions": result.regions,
         "overlay_threshold": result.overlay_threshold_z,
@@ -108,9 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary_line(args: argparse.Namespace, result, report: dict) -> str:
-    unit = _z if result.score_map == "z" else _mm
+    error = _mm if result.unit == "mm" else _intensity
+    unit = _z if result.score_map == "z" else error
     regions = ", ".join(f"{name} {unit(value)}" for name, value in result.regions.items())
-    line = f"wrote {args.out}: max error {_mm(result.error_mm['max'])}, p99 {_mm(result.error_mm['p99'])}"
+    line = f"wrote {args.out}: max error {error(result.error_mm['max'])}, p99 {error(result.error_mm['p99'])}"
     if report["z_map"] is not None:
         line += f"; z-map {report['z_map']}: max {_z(result.z['max'])} (threshold {_z(result.overlay_threshold_z)})"
     return f"{line}; regions ({args.aggregate} of {result.score_map}): {regions}; {report['seconds']:.1f} s on {result.device}"
@@ -118,6 +131,10 @@ def _summary_line(args: argparse.Namespace, result, report: dict) -> str:
 
 def _mm(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} mm"
+
+
+def _intensity(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f} (intensity)"
 
 
 def _z(value: float | None) -> str:

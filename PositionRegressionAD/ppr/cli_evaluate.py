@@ -4,6 +4,15 @@ Example::
 
     python -m ppr evaluate --model bundle/ --cases cases.csv --out eval/ --bootstrap 1000 --seed 0
 
+Several models on the same cases (e.g. PPR and the autoencoder baseline)::
+
+    python -m ppr evaluate --model ppr_bundle/ --model ae_bundle/ --cases cases.csv --out eval/
+
+writes each model's results in ``eval/<bundle name>/<score map>/`` (the raw error, "mm" or
+"intensity", and "z" where the bundle is calibrated; ``--score-map`` does not apply) and the
+comparison in ``eval/comparison.json`` (key ``methods``: one row per model and score map) and
+``eval/comparison.md`` (the same as a table). With one ``--model`` the output is as it always was.
+
 CASES.csv: ``image`` (path relative to the CSV), ``anomalous`` (0/1), optional ``mask`` (voxel
 labels on the image's grid), ``left``, ``right``, ``skull`` (0/1 per structure) and ``case``.
 The work is done by ``ppr.evaluation``; this module only parses and prints.
@@ -17,11 +26,14 @@ import sys
 from pathlib import Path
 
 from ppr.calibration import AGGREGATE_METHODS, Aggregation
+from ppr.autoencoder import POST_FILTERS
+from ppr.errors import PPRError
 from ppr.evaluation import SCORE_MAPS, STRUCTURES, VOXEL_CASES, EvaluationConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="model bundle folder")
+    parser.add_argument("--model", required=True, type=Path, action="append",
+                        help="model bundle folder; repeat to compare several models on the same cases")
     parser.add_argument("--cases", required=True, type=Path, help="cases CSV (image, anomalous, [mask, left, right, skull])")
     parser.add_argument("--out", required=True, type=Path, help="output folder (scores, summary, ROC curves, cache)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line last on stdout")
@@ -30,9 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--score-map", default="auto", choices=("auto", *SCORE_MAPS),
-                        help="z (calibrated) or mm (raw error); auto takes z when the bundle is calibrated")
-    parser.add_argument("--aggregate", default="top_k_mean", choices=AGGREGATE_METHODS,
-                        help="how a region's voxels become its score")
+                        help="z (calibrated) or the raw error (mm for PPR, intensity for an autoencoder); auto "
+                             "takes z when the bundle is calibrated (one model only)")
+    parser.add_argument("--post-filter", choices=POST_FILTERS, default="erosion",
+                        help="autoencoder bundles: residual post-filter (erosion: haemorrhage, median: fracture)")
+    parser.add_argument("--aggregate", default="percentile", choices=AGGREGATE_METHODS,
+                        help="how a region's voxels become its score (default: the 99th percentile, "
+                             "as detection scores regions)")
     parser.add_argument("--p", type=float, default=99.0, help="percentile for --aggregate percentile")
     parser.add_argument("--k", type=float, default=0.01, help="top-k for top_k_mean: fraction (<1) or voxel count")
     parser.add_argument("--voxel-cases", default="masked", choices=VOXEL_CASES,
@@ -67,13 +83,29 @@ def print_summary(summary: dict) -> None:
               f"over {voxel['n_cases']} cases ({voxel['n_positive']} of {voxel['n_voxels']} voxels anomalous)")
 
 
+def print_comparison(comparison: dict) -> None:
+    from ppr.evaluation import comparison_markdown
+
+    print(comparison_markdown(comparison), end="")
+
+
+def _raw_or_z(requested: str, bundle) -> str:
+    """The score map of a single-model run: "auto" takes z when calibrated; "mm" and "intensity"
+    both mean the raw error and are named by the bundle's own unit."""
+    if requested == "auto":
+        return "z" if bundle.calibration is not None else bundle.error_unit
+    return requested if requested == "z" else bundle.error_unit
+
+
 def run(args: argparse.Namespace) -> int:
     from ppr.bundle import load_bundle
     from ppr.evaluation import BundleDetector, evaluate, read_cases
 
     cases = read_cases(args.cases)  # before the model: a bad CSV is reported at once
-    bundle = load_bundle(args.model)
-    score_map = args.score_map if args.score_map != "auto" else ("z" if bundle.calibration is not None else "mm")
+    if len(args.model) > 1:
+        return _run_comparison(args, cases)
+    bundle = load_bundle(args.model[0])
+    score_map = _raw_or_z(args.score_map, bundle)
     config = EvaluationConfig(
         score_map=score_map,
         aggregation=Aggregation(args.aggregate, p=args.p, k=args.k),
@@ -81,11 +113,32 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         voxel_cases=args.voxel_cases,
     )
-    detector = BundleDetector(bundle, stride=args.stride, device=args.device)
+    detector = BundleDetector(bundle, stride=args.stride, device=args.device, post_filter=args.post_filter)
     summary = evaluate(cases, detector, bundle.region_masks, args.out, config, bundle.calibration,
                        _progress if args.progress else None, mood_dir=args.mood)
     print_summary(summary)
     print(f"written to {args.out}")
     if args.json:
         print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _run_comparison(args: argparse.Namespace, cases) -> int:
+    from ppr.bundle import load_bundle
+    from ppr.evaluation import ModelUnderTest, evaluate_models, model_names
+
+    if args.mood is not None:
+        raise PPRError("--mood writes one model's challenge files: give it with a single --model.")
+    if args.score_map != "auto":
+        raise PPRError("--score-map applies to one model: a comparison evaluates the raw error of every "
+                       "model and the z-map of every calibrated one.")
+    models = [ModelUnderTest(name, load_bundle(path)) for name, path in zip(model_names(args.model), args.model)]
+    config = EvaluationConfig(aggregation=Aggregation(args.aggregate, p=args.p, k=args.k),
+                              n_bootstrap=args.bootstrap, seed=args.seed, voxel_cases=args.voxel_cases)
+    comparison = evaluate_models(cases, models, args.out, config, stride=args.stride, device=args.device,
+                                 post_filter=args.post_filter, progress=_progress if args.progress else None)
+    print_comparison(comparison)
+    print(f"written to {args.out} (comparison.json, comparison.md)")
+    if args.json:
+        print(json.dumps(comparison, sort_keys=True))
     return 0

@@ -1,5 +1,9 @@
 """``python -m ppr train IMAGES... --out BUNDLE``: train a PPR model bundle on healthy head CTs.
 
+``--method ae`` trains the paper's autoencoder baseline instead (``ppr.autoencoder``: L1 on
+``--volumes-per-step`` whole volumes per step, default 4); its bundle records the method, and its
+rate is in volumes per second (``volumes/s`` in the progress lines, ``volumes_per_second`` in JSON).
+
 Argument parsing and printing only: the work is ``ppr.training.train_bundle``. With ``--progress``
 every step prints ``PROGRESS <fraction> step S loss L [val V] patches/s R ETA Ts`` on stderr; with
 ``--json`` the last stdout line is one JSON object (bundle, steps, seconds, losses, patches/s).
@@ -16,7 +20,7 @@ from pathlib import Path
 
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
-from ppr.training import MODES, TrainConfig
+from ppr.training import AE_LOSSES, METHODS, MODES, TrainConfig
 
 PREPROCESS = PreprocessConfig()
 TRAINING = TrainConfig(steps=1)
@@ -32,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float,
                         help="stop after this many minutes of training, validation not counted "
                              f"(default {DEFAULT_MINUTES:g} when --steps is not given)")
+    parser.add_argument("--method", choices=METHODS, default=TRAINING.method,
+                        help="ppr: patch position regression (default); ae: the autoencoder baseline")
+    parser.add_argument("--volumes-per-step", type=int, default=TRAINING.volumes_per_step,
+                        help="ae: whole volumes per step (default %(default)s, the paper's)")
+    parser.add_argument("--ae-loss", choices=AE_LOSSES, default=TRAINING.ae_loss,
+                        help="ae: L1 averaged over the head mask (default) or the whole volume")
     parser.add_argument("--batch", type=int, default=TRAINING.batch, help="patches per step (sampled mode)")
     parser.add_argument("--m", type=int, default=TRAINING.m, help="network width m (default %(default)s)")
     parser.add_argument("--mode", choices=MODES, default=TRAINING.mode,
@@ -70,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                                       prewindowed=args.prewindowed)
         config = TrainConfig(steps=args.steps, max_minutes=max_minutes, batch=args.batch, m=args.m,
                              mode=args.mode, crop=args.crop, crops=args.crops, lr=args.lr,
-                             val_every=args.val_every, seed=args.seed, device=args.device)
+                             val_every=args.val_every, seed=args.seed, device=args.device, method=args.method,
+                             volumes_per_step=args.volumes_per_step, ae_loss=args.ae_loss)
     except ValueError as error:
         raise PPRError(f"{error}: check the training options (python -m ppr train --help).") from None
     path, result = train_bundle(args.images, args.out, preprocess, config, args.reference, args.val,
@@ -78,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     report = {"bundle": str(path), "steps": result.steps, "seconds": round(result.seconds, 1),
               "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
               "initial_val_loss": result.initial_val_loss,
-              "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
-              "mode": config.mode}
+              f"{config.rate_unit}_per_second": round(result.patches_per_second, 3 if config.method == "ae" else 1),
+              "device": result.device, "mode": config.mode, "method": config.method}
     val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.5f}"
     print(f"trained {result.steps} steps in {result.seconds:.0f} s on {result.device}: loss "
           f"{result.final_loss:.5f}, validation {val}; bundle written to {path}")

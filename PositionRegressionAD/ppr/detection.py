@@ -1,4 +1,4 @@
-"""Detection: one head CT and a model bundle in, its error map (mm), z-map and region scores out.
+"""Detection: one head CT and a model bundle in, its error map, z-map and region scores out.
 
 Steps, each timed: preprocess (validate, register to the bundle's reference, place on the model
 grid, normalise: ``ppr.preprocess.to_model_space``), the error map in model space
@@ -14,6 +14,11 @@ the error, and places the most anomalous point at the highest z inside brain and
 (``ppr.scores.focus_mask``). Without calibration the region scores and the most anomalous point
 come from the error in mm, as before calibration existed.
 
+An autoencoder bundle (``bundle.method == "ae"``, the paper's baseline) goes through the same steps
+with the residual map of ``ppr.autoencoder.residual_map`` (post-filtered |x - AE(x)|, unit
+"intensity") in place of the position error (unit "mm"); ``DetectionResult.unit`` says which.
+Everything after the map (input space, calibration, z-map, region scores) is the same code.
+
 What it does not: read or write files (``cli_detect``), train, or calibrate.
 """
 
@@ -26,6 +31,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from ppr.autoencoder import POST_FILTERS, residual_map
 from ppr.bundle import ModelBundle
 from ppr.inference import InferenceOptions, error_map, resolve_device
 from ppr.registration import RegistrationResult
@@ -39,7 +45,10 @@ class DetectOptions:
     """method "dense" | "patches"; stride 1, 2 or 4 (4 = fast preview); device auto | cpu | cuda;
     tile: dense tile edge in voxels (memory bound); scores: region score aggregate;
     use_calibration: compute the z-map and score on it when the bundle is calibrated (False: the
-    raw error in mm only, e.g. to compare, or while calibrating)."""
+    raw error in mm only, e.g. to compare, or while calibrating); post_filter: the autoencoder's
+    residual post-filter, "erosion" (haemorrhage, the default), "median" (fracture) or "none"
+    (ignored for PPR bundles; method, stride and tile are ignored for AE bundles, which reconstruct
+    the whole volume at once)."""
 
     method: str = "dense"
     stride: int = 1
@@ -47,6 +56,11 @@ class DetectOptions:
     tile: int = 128
     scores: ScoreOptions = field(default_factory=ScoreOptions)
     use_calibration: bool = True
+    post_filter: str = "erosion"
+
+    def __post_init__(self) -> None:
+        if self.post_filter not in POST_FILTERS:
+            raise ValueError(f"post_filter must be one of {POST_FILTERS}, got {self.post_filter!r}")
 
     def inference(self) -> InferenceOptions:
         return InferenceOptions(method=self.method, stride=self.stride, device=self.device, tile=self.tile)
@@ -54,15 +68,16 @@ class DetectOptions:
 
 @dataclass(frozen=True)
 class DetectionResult:
-    """error_map_model: float32 mm on the model grid (0 outside the head);
+    """error_map_model: float32 in ``unit`` on the model grid (0 outside the head);
     error_map_input: the same on the input's exact grid; head_mask_model: uint8, model grid;
     registration: model -> input transform and its quality; regions: region scores (z with a
-    calibration, else mm; None where a region misses the scan); error_mm: max, p99, mean of the
-    error over the head; max_error_lps: the physical point (LPS mm) of the highest z inside brain
+    calibration, else the error's unit; None where a region misses the scan); error_mm: max, p99,
+    mean of the error over the head (in ``unit``: mm for PPR, intensity for the AE); max_error_lps: the physical point (LPS mm) of the highest z inside brain
     and skull (calibrated) or of the highest error (not calibrated); seconds: wall time of each step.
     z_map_model / z_map_input: the calibrated z-map (float32, 0 outside the head) on the model grid
     and on the input's exact grid, None without calibration; z: max, p99, mean of z over the head;
-    overlay_threshold_z: the calibration's overlay threshold (None without calibration)."""
+    overlay_threshold_z: the calibration's overlay threshold (None without calibration);
+    unit: the error map's unit, "mm" (PPR position error) or "intensity" (AE residual)."""
 
     error_map_model: sitk.Image
     error_map_input: sitk.Image
@@ -78,11 +93,13 @@ class DetectionResult:
     z_map_input: sitk.Image | None = None
     z: dict[str, float | None] | None = None
     overlay_threshold_z: float | None = None
+    unit: str = "mm"
 
     @property
     def score_map(self) -> str:
-        """"z" when the regions were scored on the calibrated z-map, "mm" on the raw error."""
-        return "z" if self.z_map_model is not None else "mm"
+        """"z" when the regions were scored on the calibrated z-map, else the raw error's unit
+        ("mm" for PPR, "intensity" for the AE)."""
+        return "z" if self.z_map_model is not None else self.unit
 
 
 def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = DetectOptions(),
@@ -109,8 +126,11 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     started = time.perf_counter()
     volume = sitk.GetArrayFromImage(model.volume).astype(np.float32)
     head = sitk.GetArrayFromImage(model.head_mask) > 0
-    errors = error_map(volume, head, bundle.network, bundle.preprocess.spacing_mm, options.inference(),
-                       _scaled(report, 0.3, 0.85))
+    if bundle.method == "ae":
+        errors = residual_map(volume, head, bundle.network, options.post_filter, device)
+    else:
+        errors = error_map(volume, head, bundle.network, bundle.preprocess.spacing_mm, options.inference(),
+                           _scaled(report, 0.3, 0.85))
     # The summary (error_mm) is over the head; the map resampled to the input must hold nothing
     # else, or its linear mixes could exceed that summary (inference already returns 0 outside the
     # head; this keeps the two consistent whatever the inference path does outside it).
@@ -149,7 +169,8 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
         error_model, error_input, model.head_mask, model.registration, regions, summary, point, seconds,
         str(device), options, z_map_model=z_model, z_map_input=z_input,
         z=None if z_model is None else error_summary(z_values, head),
-        overlay_threshold_z=None if calibration is None else float(calibration.overlay_threshold_z))
+        overlay_threshold_z=None if calibration is None else float(calibration.overlay_threshold_z),
+        unit=bundle.error_unit)
 
 
 def highest_error_point(error_map_input: sitk.Image) -> tuple[float, float, float]:

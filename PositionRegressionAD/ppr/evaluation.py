@@ -11,6 +11,11 @@ What it does:
   from voxels of different labels that share a bin (with the default 2^14 bins over the observed
   range this moved AP by < 1e-3 in the tests; see test_evaluation_voxel_metrics.py).
 
+- ``evaluate_models``: several model bundles (e.g. PPR and the autoencoder baseline) on the same
+  cases, each in its own subfolder, and one comparison (``comparison.json`` with the key
+  ``methods``, and ``comparison.md``): one row per model and score map (the raw error, and the
+  calibrated z where the bundle has a calibration).
+
 What it does not: compute error maps (``ppr.detection``) or region masks (``ppr.masks``); it reads
 them. Argument parsing and printing live in ``cli_evaluate``.
 """
@@ -18,6 +23,7 @@ them. Argument parsing and printing live in ``cli_evaluate``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -323,7 +329,8 @@ def _case_from_row(row: dict[str, str], number: int, csv_path: Path) -> Case:
 class CaseMaps:
     """What the evaluation needs from the detection of one scan.
 
-    error_map_mm: model space, float32, with the model grid's geometry.
+    error_map_mm: model space, float32, with the model grid's geometry (named for PPR's mm; an
+        autoencoder's residual map in intensity travels here too).
     head_mask: model space, uint8, same grid.
     transform: maps model-space points to input-space points (``RegistrationResult.transform``).
     """
@@ -400,13 +407,17 @@ def model_key(bundle: Any) -> str:
 class BundleDetector:
     """``ppr.detection.detect`` with one bundle and fixed options, as a ``Detector``."""
 
-    def __init__(self, bundle: Any, stride: int = 1, device: str = "auto", method: str = "dense") -> None:
+    def __init__(self, bundle: Any, stride: int = 1, device: str = "auto", method: str = "dense",
+                 post_filter: str = "erosion") -> None:
         from ppr.detection import DetectOptions
 
         self.bundle = bundle
         # z is recomputed here from the raw error map, so detection must not apply the calibration.
-        self.options = DetectOptions(method=method, stride=stride, device=device, use_calibration=False)
+        self.options = DetectOptions(method=method, stride=stride, device=device, use_calibration=False,
+                                     post_filter=post_filter)
         self.cache_key = f"{model_key(bundle)}|method={method}|stride={stride}"
+        if getattr(bundle, "method", "ppr") == "ae":  # PPR keys stay as they were: their caches remain valid
+            self.cache_key += f"|post_filter={post_filter}"
 
     def __call__(self, image: sitk.Image) -> CaseMaps:
         from ppr.detection import detect
@@ -418,7 +429,7 @@ class BundleDetector:
 # ----------------------------------------------------------------------------- the evaluation run
 
 ProgressFn = Callable[[float, str], None]
-SCORE_MAPS = ("mm", "z")
+SCORE_MAPS = ("mm", "z", "intensity")  # the raw error in its unit (PPR mm, AE intensity), or z
 VOXEL_CASES = ("masked", "all")
 
 
@@ -426,7 +437,8 @@ VOXEL_CASES = ("masked", "all")
 class EvaluationConfig:
     """How cases are scored and summarised.
 
-    score_map: "z" (calibrated, needs the bundle's calibration) or "mm" (raw error).
+    score_map: "z" (calibrated, needs the bundle's calibration), or the raw error named by its unit:
+        "mm" (PPR's position error) or "intensity" (the autoencoder's residual).
     aggregation: how a region's voxels become the region score.
     n_bootstrap, seed: stratified bootstrap resamples of the patient-level metrics.
     voxel_cases: "masked" counts the voxels of cases with a mask; "all" also counts every voxel of
@@ -461,9 +473,9 @@ class CaseResult:
 
 
 def score_map(maps: CaseMaps, kind: str, calibration: Calibration | None) -> np.ndarray:
-    """The map that is scored, model space (z, y, x): the error in mm or its calibrated z."""
+    """The map that is scored, model space (z, y, x): the raw error (mm or intensity) or its calibrated z."""
     error = sitk.GetArrayFromImage(maps.error_map_mm).astype(np.float32)
-    if kind == "mm":
+    if kind != "z":
         return error
     if calibration is None:
         raise PPRError(
@@ -601,11 +613,18 @@ def input_space_pass(
     return histogram
 
 
+INTENSITY_HALF = 0.05
+
+
 def mood_normalisation(kind: str, calibration: Calibration | None) -> MoodNormalisation:
     """The fixed [0, 1] map of this model's scores: z around the overlay threshold, mm around
-    the healthy median error of the calibration (or the default scale without one)."""
+    the healthy median error of the calibration (or the default scale without one); an autoencoder
+    residual (intensity) the same way, its default scale 0.05 of the intensity range."""
     if kind == "z":
         return MoodNormalisation.for_z(calibration)
+    if kind == "intensity":
+        half = float(np.median(calibration.median_mm)) if calibration is not None else INTENSITY_HALF
+        return MoodNormalisation("mm", half=max(half, 1e-3))  # "mm" names the v / (v + half) shape here
     if calibration is not None:
         return MoodNormalisation("mm", half=max(float(np.median(calibration.median_mm)), 1.0))
     return MoodNormalisation("mm")
@@ -620,17 +639,19 @@ def evaluate(
     calibration: Calibration | None = None,
     progress: ProgressFn | None = None,
     mood_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every case, compute patient- and voxel-level metrics, write the outputs, return the summary.
 
     Writes under out_dir: ``cases.csv`` (per-case scores), ``summary.json``, ``roc_<structure>.png``
-    and ``cache/`` (model-space maps, reused by the next run with the same model and options);
+    and ``cache/`` (model-space maps, reused by the next run with the same model and options; or
+    ``cache_dir``, e.g. one cache shared by two score maps of one model);
     with ``mood_dir`` also every case's MOOD challenge files (pixel NIfTI and sample text).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = MapCache(out_dir / "cache")
+    cache = MapCache(Path(cache_dir) if cache_dir is not None else out_dir / "cache")
     results = score_cases(cases, detector, region_masks, cache, config, calibration, _scaled(progress, 0.0, 0.8))
     summary: dict[str, Any] = {
         "n_cases": len(results),
@@ -646,7 +667,7 @@ def evaluate(
     summary.update(_voxel_summary(histogram, results, config))
     summary["roc_curves"] = write_roc_curves(results, out_dir, summary["auroc_ci95"])
     summary["mood_dir"] = None if mood_dir is None else str(mood_dir)
-    write_case_scores(results, out_dir / "cases.csv")
+    write_case_scores(results, out_dir / "cases.csv", "intensity" if config.score_map == "intensity" else "mm")
     summary["seconds"] = round(time.perf_counter() - started, 3)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if progress:
@@ -691,9 +712,15 @@ CSV_COLUMNS = (
 )
 
 
-def write_case_scores(results: Sequence[CaseResult], path: Path) -> None:
+def case_score_columns(error_unit: str = "mm") -> tuple[str, ...]:
+    """The cases.csv columns; the maximum error is named by its unit (max_error_mm for PPR)."""
+    return tuple(f"max_error_{error_unit}" if column == "max_error_mm" else column for column in CSV_COLUMNS)
+
+
+def write_case_scores(results: Sequence[CaseResult], path: Path, error_unit: str = "mm") -> None:
+    columns = case_score_columns(error_unit)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for r in results:
             labels = r.case.labels
@@ -704,7 +731,7 @@ def write_case_scores(results: Sequence[CaseResult], path: Path) -> None:
                 **{column: "" if labels[column] is None else labels[column] for column in ("left", "right", "skull")},
                 "mask": "" if r.case.mask_path is None else str(r.case.mask_path),
                 **{f"score_{region}": f"{r.scores[region]:.6g}" for region in REGIONS},
-                "max_error_mm": f"{r.max_error_mm:.6g}",
+                columns[-3]: f"{r.max_error_mm:.6g}",
                 "from_cache": int(r.from_cache),
                 "seconds": f"{r.seconds:.3f}",
             })
@@ -744,3 +771,129 @@ def write_roc_curves(
         figure.savefig(out_dir / name)
         written[structure] = name
     return written
+
+
+# ----------------------------------------------------------------------------- several models
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    """One model of a comparison: ``name`` is its subfolder and its name in the table."""
+
+    name: str
+    bundle: Any
+
+
+def model_names(paths: Sequence[Path]) -> list[str]:
+    """Subfolder names of bundles: the bundle's own name, numbered where two share it."""
+    stems = [image_case_name(Path(path)).removesuffix(".zip") or "model" for path in paths]
+    names = []
+    for index, stem in enumerate(stems):
+        names.append(stem if stems.count(stem) == 1 else f"{stem}_{stems[:index + 1].count(stem)}")
+    return names
+
+
+def comparison_score_maps(bundle: Any) -> list[str]:
+    """The score maps compared for one bundle: its raw error, and z where it is calibrated."""
+    raw = getattr(bundle, "error_unit", "mm")
+    return [raw, "z"] if bundle.calibration is not None else [raw]
+
+
+def evaluate_models(
+    cases: Sequence[Case],
+    models: Sequence[ModelUnderTest],
+    out_dir: str | Path,
+    config: EvaluationConfig = EvaluationConfig(),
+    stride: int = 1,
+    device: str = "auto",
+    post_filter: str = "erosion",
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Evaluate every model on the same cases with every score map it has; write the comparison.
+
+    For model ``name`` and score map ``map`` the full single-model output (``evaluate``) goes to
+    ``out_dir/name/map/``; the detections are cached once per model in ``out_dir/name/cache/``, so
+    the z row reuses the raw row's maps. ``config.score_map`` is replaced per row; everything else
+    (aggregate, bootstrap, voxel cases) is the same for all rows. Returns the comparison
+    (``methods``: one row per model and score map), also written as ``comparison.json`` and
+    ``comparison.md`` in ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [model.name for model in models]
+    if len(set(names)) != len(names):
+        raise PPRError(f"Two models share a name ({names}): give each model its own name.")
+    runs = [(model, kind) for model in models for kind in comparison_score_maps(model.bundle)]
+    rows = []
+    for index, (model, kind) in enumerate(runs):
+        detector = BundleDetector(model.bundle, stride=stride, device=device, post_filter=post_filter)
+        row_config = dataclasses.replace(config, score_map=kind)
+        summary = evaluate(cases, detector, model.bundle.region_masks, out_dir / model.name / kind, row_config,
+                           model.bundle.calibration, _scaled(progress, index / len(runs), (index + 1) / len(runs)),
+                           cache_dir=out_dir / model.name / "cache")
+        rows.append(comparison_row(model, kind, summary, out_dir / model.name / kind))
+    comparison = {
+        "methods": rows,
+        "n_cases": len(cases),
+        "score": {"aggregate": config.aggregation.describe()},
+        "bootstrap": {"n_resamples": config.n_bootstrap, "seed": config.seed, "interval": 0.95},
+        "post_filter": post_filter,
+        "stride": stride,
+    }
+    (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, sort_keys=True) + "\n")
+    (out_dir / "comparison.md").write_text(comparison_markdown(comparison))
+    return comparison
+
+
+METHOD_LABELS = {"ppr": "PPR", "ae": "AE"}
+
+
+def score_map_label(kind: str) -> str:
+    return "calibrated z" if kind == "z" else f"raw error ({kind})"
+
+
+def comparison_row(model: ModelUnderTest, kind: str, summary: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """One row of the comparison: patient-level (any) and voxel-level figures of one score map."""
+    return {
+        "model": model.name,
+        "bundle": str(getattr(model.bundle, "path", "") or ""),
+        "method": getattr(model.bundle, "method", "ppr"),
+        "score_map": kind,
+        "score_map_label": score_map_label(kind),
+        "auroc_any": summary["auroc"]["any"],
+        "auroc_any_ci95": summary["auroc_ci95"]["any"],
+        "ap_any": summary["average_precision"]["any"],
+        "ap_any_ci95": summary["average_precision_ci95"]["any"],
+        "voxel_ap": summary["voxel_ap"],
+        "best_dice": summary["best_dice"],
+        "n_cases": summary["n_cases"],
+        "n_anomalous": summary["n_anomalous"],
+        "folder": str(folder),
+    }
+
+
+def _figure(value: float | None, interval: Sequence[float | None] | None = None) -> str:
+    if value is None:
+        return "n/a"
+    if interval is None or interval[0] is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def comparison_markdown(comparison: Mapping[str, Any]) -> str:
+    """The comparison as a markdown table: rows method x score map."""
+    lines = [
+        f"{comparison['n_cases']} cases; region score: {comparison['score']['aggregate']}; "
+        f"95 % intervals from {comparison['bootstrap']['n_resamples']} stratified bootstrap resamples "
+        f"(seed {comparison['bootstrap']['seed']}).",
+        "",
+        "| model | method | score map | patient AUROC (any) [95 % CI] | AP (any) [95 % CI] | voxel AP | best Dice |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison["methods"]:
+        lines.append(
+            f"| {row['model']} | {METHOD_LABELS.get(row['method'], row['method'])} | {row['score_map_label']} | "
+            f"{_figure(row['auroc_any'], row['auroc_any_ci95'])} | {_figure(row['ap_any'], row['ap_any_ci95'])} | "
+            f"{_figure(row['voxel_ap'])} | {_figure(row['best_dice'])} |"
+        )
+    return "\n".join(lines) + "\n"

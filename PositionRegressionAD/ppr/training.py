@@ -10,6 +10,10 @@ What it does:
   convolutionally: every stride-4 output of the crop is a patch, those whose centre is outside the
   head are masked out of the loss). A fixed seeded sample of validation patches gives the
   validation loss; checkpoints allow ``resume``; the run is seeded and repeatable on one device.
+- ``train`` with ``method="ae"``: the autoencoder baseline (``ppr.autoencoder``) instead, Adam on
+  the L1 reconstruction loss of ``volumes_per_step`` whole volumes per step (the paper's batch of 4),
+  by default inside the head mask (``ae_loss``); its validation loss is the same L1 over the
+  validation volumes. Same checkpoints, resume, log and progress as PPR.
 - ``train_bundle``: all of the above from scan files to a model bundle (written by ``ppr.bundle``)
   with its ``training_log.json`` (per-step loss, validation loss, seconds).
 
@@ -31,15 +35,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
+from ppr.autoencoder import LEVELS, AutoEncoder3D, check_grid, reconstruction_loss
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
-from ppr.imageio import file_digest
 from ppr.inference import autocast_context, resolve_device
 from ppr.network import PPRNet, normalised_positions, position_loss
 
 ProgressFn = Callable[[float, str], None]
 MODES = ("sampled", "dense")
+METHODS = ("ppr", "ae")
+AE_LOSSES = ("head", "volume")
 CACHE_FORMAT = 1
 
 
@@ -58,6 +65,13 @@ class TrainConfig:
         patches/s). ``sampled`` is the paper's scheme and stays available.
     val_patches: size of the fixed validation sample; val_every: steps between validations.
     checkpoint_minutes: wall time between checkpoints (one is always written at the end).
+    method: "ppr" (patch position regression) or "ae" (the autoencoder baseline of the paper's
+        comparison, ``ppr.autoencoder``; mode, batch, crop(s) and patch_size do not apply to it).
+    volumes_per_step: AE batch, whole volumes per step (the paper's 4).
+    ae_loss: where the AE's L1 is averaged. "head" (default): over head-mask voxels only, because
+        the anomaly map is only read inside the head and the background, most of the grid and
+        trivially 0, would otherwise dominate the mean and reward a blurry head; "volume": over
+        the whole grid, as Baur et al. trained on whole images.
     """
 
     steps: int | None = None
@@ -75,6 +89,9 @@ class TrainConfig:
     val_every: int = 100
     checkpoint_minutes: float = 5.0
     autocast: bool = True
+    method: str = "ppr"
+    volumes_per_step: int = 4
+    ae_loss: str = "head"
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_minutes is None:
@@ -87,6 +104,12 @@ class TrainConfig:
             raise ValueError(f"crop must be a positive multiple of 4, got {self.crop}")
         if self.batch < 1 or self.crops < 1 or self.val_every < 1:
             raise ValueError("batch, crops and val_every must be at least 1")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.volumes_per_step < 1:
+            raise ValueError(f"volumes_per_step must be at least 1, got {self.volumes_per_step}")
+        if self.ae_loss not in AE_LOSSES:
+            raise ValueError(f"ae_loss must be one of {AE_LOSSES}, got {self.ae_loss!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +117,18 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         return cls(**data)
+
+    @property
+    def rate_unit(self) -> str:
+        """What ``patches_per_second`` counts: patches (positions) for PPR, volumes for the AE."""
+        return "volumes" if self.method == "ae" else "patches"
+
+
+def new_network(config: TrainConfig) -> nn.Module:
+    """The untrained network a configuration trains: PPRNet or the autoencoder baseline."""
+    if config.method == "ae":
+        return AutoEncoder3D(config.m)
+    return PPRNet(config.m, config.patch_size)
 
 
 @dataclass(frozen=True)
@@ -107,9 +142,10 @@ class TrainingVolume:
 
 @dataclass
 class TrainingResult:
-    """The trained network (train mode, spectral norm kept) and what happened."""
+    """The trained network (train mode; PPRNet with its spectral norm kept, or AutoEncoder3D) and
+    what happened. ``patches_per_second`` counts volumes per second for the AE (``TrainConfig.rate_unit``)."""
 
-    network: PPRNet
+    network: nn.Module
     log: list[dict[str, Any]]
     steps: int
     seconds: float
@@ -151,6 +187,7 @@ def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessCo
     """The model-space volume of one scan, from the cache or preprocessed (and cached) now."""
     import SimpleITK as sitk
 
+    from ppr.imageio import file_digest
     from ppr.preprocess import to_model_space
 
     reference_digest = reference_digest or _reference_digest(reference)
@@ -298,6 +335,64 @@ class ValidationSet:
 
 
 # ---------------------------------------------------------------------------------------------
+# The autoencoder baseline: whole volumes
+
+
+@dataclass(frozen=True)
+class _WholeVolume:
+    """A training volume as a (1, D, H, W) tensor with its head mask, ready for AE batches."""
+
+    name: str
+    volume: torch.Tensor
+    head_mask: torch.Tensor
+
+    @classmethod
+    def of(cls, volume: TrainingVolume, stride: int) -> "_WholeVolume":
+        check_grid(volume.volume.shape, stride)
+        if not volume.head_mask.any():
+            raise PPRError(f"The scan {volume.name} has an empty head mask in model space: it cannot be "
+                           "used for training. Check that it is a head CT.")
+        return cls(volume.name, torch.from_numpy(volume.volume.astype(np.float32))[None],
+                   torch.from_numpy(volume.head_mask.astype(bool))[None])
+
+
+def _ae_weight(volumes: Sequence[_WholeVolume], config: TrainConfig) -> torch.Tensor | None:
+    return torch.stack([v.head_mask for v in volumes]) if config.ae_loss == "head" else None
+
+
+def _ae_step_loss(net: AutoEncoder3D, volumes: Sequence[_WholeVolume], config: TrainConfig,
+                  rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, int]:
+    """L1 of one batch of ``volumes_per_step`` whole volumes (without repeats while there are enough)."""
+    count = config.volumes_per_step
+    chosen = rng.choice(len(volumes), size=count, replace=count > len(volumes))
+    batch = [volumes[int(i)] for i in chosen]
+    x = torch.stack([v.volume for v in batch]).to(device)
+    weight = _ae_weight(batch, config)
+    with autocast_context(device, config.autocast):
+        reconstruction = net(x)
+    return reconstruction_loss(reconstruction, x, None if weight is None else weight.to(device)), count
+
+
+def _ae_validation_loss(net: AutoEncoder3D, volumes: Sequence[_WholeVolume], config: TrainConfig,
+                        device: torch.device) -> float | None:
+    """Mean over the validation volumes of each volume's L1 (same region as the training loss)."""
+    if not volumes:
+        return None
+    was_training = net.training
+    net.eval()
+    losses = []
+    with torch.no_grad():
+        for volume in volumes:
+            x = volume.volume[None].to(device)
+            weight = _ae_weight([volume], config)
+            with autocast_context(device, config.autocast):
+                reconstruction = net(x)
+            losses.append(float(reconstruction_loss(reconstruction, x, None if weight is None else weight.to(device))))
+    net.train(was_training)
+    return float(np.mean(losses))
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -308,28 +403,34 @@ class _State:
     patches: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     initial_val_loss: float | None = None
+    # Where the steps ran: a run resumed on another machine (GPU steps, bundle written here) must
+    # not be reported as trained on this one.
+    devices: list[str] = field(default_factory=list)
 
 
-def _checkpoint(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, state: _State,
+def _checkpoint(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, state: _State,
                 rng: np.random.Generator, config: TrainConfig, names: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save({"network": net.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
                 "seconds": state.seconds, "patches": state.patches, "log": state.log,
-                "initial_val_loss": state.initial_val_loss,
+                "initial_val_loss": state.initial_val_loss, "devices": state.devices,
                 "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                 "config": config.to_dict(), "cases": names}, partial)
     partial.replace(path)  # never leave a half-written checkpoint under the real name
 
 
-def _restore(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+def _restore(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
              config: TrainConfig, names: list[str]) -> _State:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable checkpoint means the same to the user
         raise PPRError(f"The checkpoint {path} cannot be read ({error}): delete it to start afresh.") from None
     before = TrainConfig.from_dict(saved["config"])
-    for key in ("m", "patch_size", "mode", "batch", "crop", "crops", "lr", "seed"):
+    # The method first: a PPR checkpoint cannot continue as an autoencoder, nor the reverse.
+    keys = (("method", "m", "volumes_per_step", "ae_loss", "lr", "seed") if config.method == "ae" else
+            ("method", "m", "patch_size", "mode", "batch", "crop", "crops", "lr", "seed"))
+    for key in keys:
         if getattr(before, key) != getattr(config, key):
             raise PPRError(f"The checkpoint {path} was trained with {key}={getattr(before, key)!r}, not "
                            f"{getattr(config, key)!r}: resume with the same settings or start afresh.")
@@ -340,8 +441,10 @@ def _restore(path: Path, net: PPRNet, optimizer: torch.optim.Optimizer, rng: np.
     optimizer.load_state_dict(saved["optimizer"])
     rng.bit_generator.state = json.loads(saved["rng"])
     torch.set_rng_state(saved["torch_rng"])
+    # Checkpoints written before devices were recorded name the device in their config.
+    devices = list(saved.get("devices") or [saved["config"].get("device", "unknown")])
     return _State(saved["step"], saved["seconds"], saved["patches"], list(saved["log"]),
-                  saved["initial_val_loss"])
+                  saved["initial_val_loss"], devices)
 
 
 def _step_loss(net: PPRNet, volumes: Sequence[_PaddedVolume], config: TrainConfig,
@@ -369,8 +472,9 @@ def _step_loss(net: PPRNet, volumes: Sequence[_PaddedVolume], config: TrainConfi
 def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
           validation: Sequence[TrainingVolume] = (), checkpoint: Path | None = None,
           resume: bool = False, progress: ProgressFn | None = None,
-          network: PPRNet | None = None) -> TrainingResult:
-    """Train a network on model-space volumes; returns it with its per-step log.
+          network: nn.Module | None = None) -> TrainingResult:
+    """Train a network (PPR, or the autoencoder with ``config.method == "ae"``) on model-space
+    volumes; returns it with its per-step log.
 
     The log has one record per step: step (from 1), loss, seconds (of training steps so far,
     validation excluded) and, every ``val_every`` steps and at the end, val_loss (None without
@@ -381,13 +485,29 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    net = (network or PPRNet(config.m, config.patch_size)).to(device).train()
+    net = (network or new_network(config)).to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    half = net.patch_size // 2
-    padded = [_PaddedVolume(v, half) for v in volumes]
     names = [v.name for v in volumes]
-    validation_set = ValidationSet.sample([_PaddedVolume(v, half) for v in validation],
-                                          config.val_patches, config.seed)
+    if config.method == "ae":
+        whole = [_WholeVolume.of(v, net.stride) for v in volumes]
+        whole_validation = [_WholeVolume.of(v, net.stride) for v in validation]
+
+        def step_loss() -> tuple[torch.Tensor, int]:
+            return _ae_step_loss(net, whole, config, rng, device)
+
+        def validation_loss() -> float | None:
+            return _ae_validation_loss(net, whole_validation, config, device)
+    else:
+        half = net.patch_size // 2
+        padded = [_PaddedVolume(v, half) for v in volumes]
+        validation_set = ValidationSet.sample([_PaddedVolume(v, half) for v in validation],
+                                              config.val_patches, config.seed)
+
+        def step_loss() -> tuple[torch.Tensor, int]:
+            return _step_loss(net, padded, config, rng, device)
+
+        def validation_loss() -> float | None:
+            return validation_set.loss(net, device)
     state = _State()
     limit_s = None if config.max_minutes is None else config.max_minutes * 60.0
     if resume and checkpoint is not None and Path(checkpoint).is_file():
@@ -397,7 +517,7 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
     else:
         if resume and progress is not None:
             progress(0.0, f"no checkpoint at {checkpoint}: starting afresh")
-        state.initial_val_loss = validation_set.loss(net, device)  # the untrained network's
+        state.initial_val_loss = validation_loss()  # the untrained network's
     last_checkpoint = time.perf_counter()
 
     def finished() -> bool:
@@ -408,7 +528,7 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
         # The clock counts training steps only: validation time would penalise the mode that
         # validates more often per minute when modes are compared by learning per second.
         step_started = time.perf_counter()
-        loss, used = _step_loss(net, padded, config, rng, device)
+        loss, used = step_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -416,10 +536,12 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
             torch.cuda.synchronize()
         state.step += 1
         state.patches += used
+        if str(device) not in state.devices:
+            state.devices.append(str(device))
         state.seconds += time.perf_counter() - step_started
         record: dict[str, Any] = {"step": state.step, "loss": float(loss.detach()), "seconds": round(state.seconds, 3)}
         if state.step % config.val_every == 0 or finished():
-            record["val_loss"] = validation_set.loss(net, device)
+            record["val_loss"] = validation_loss()
         state.log.append(record)
         if progress is not None:
             progress(_fraction(state, config, limit_s), _progress_message(state, record, config, limit_s))
@@ -427,7 +549,7 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
             _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names)
             last_checkpoint = time.perf_counter()
     if state.log and "val_loss" not in state.log[-1]:
-        state.log[-1]["val_loss"] = validation_set.loss(net, device)  # resumed at the very end
+        state.log[-1]["val_loss"] = validation_loss()  # resumed at the very end
     if checkpoint is not None:
         _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names)
     final_val = next((r["val_loss"] for r in reversed(state.log) if r.get("val_loss") is not None), None)
@@ -435,7 +557,7 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
         network=net, log=state.log, steps=state.step, seconds=state.seconds,
         patches_per_second=state.patches / state.seconds if state.seconds > 0 else 0.0,
         final_loss=_recent_mean(state.log), final_val_loss=final_val,
-        initial_val_loss=state.initial_val_loss, device=str(device))
+        initial_val_loss=state.initial_val_loss, device=", ".join(state.devices) or str(device))
 
 
 def _recent_mean(log: list[dict[str, Any]]) -> float | None:
@@ -462,7 +584,9 @@ def _progress_message(state: _State, record: dict[str, Any], config: TrainConfig
     val = record.get("val_loss")
     val_text = f" val {val:.5f}" if val is not None else ""
     rate = state.patches / state.seconds if state.seconds > 0 else 0.0
-    return (f"step {state.step} loss {record['loss']:.5f}{val_text} patches/s {rate:.0f} "
+    # Volumes per second of the AE are small numbers: they keep two decimals.
+    rate_text = f"{rate:.2f}" if config.method == "ae" else f"{rate:.0f}"
+    return (f"step {state.step} loss {record['loss']:.5f}{val_text} {config.rate_unit}/s {rate_text} "
             f"ETA {eta:.0f}s")
 
 
@@ -506,6 +630,8 @@ def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig
     images = [Path(p) for p in images]
     if not images:
         raise PPRError("No training scans were given: train on at least one healthy head CT.")
+    if config.method == "ae":  # before any preprocessing: a wrong grid is known at once
+        check_grid((preprocess.size,) * 3, 2**LEVELS)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(out)
     reference_path = Path(reference_image) if reference_image is not None else images[0]
     report(0.0, f"preparing the reference {reference_path.name}")
@@ -526,8 +652,8 @@ def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig
         "reference": case_name(reference_path), "steps": result.steps, "seconds": round(result.seconds, 1),
         "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
         "initial_val_loss": result.initial_val_loss,
-        "patches_per_second": round(result.patches_per_second, 1), "device": result.device,
-        "config": config.to_dict(),
+        f"{config.rate_unit}_per_second": round(result.patches_per_second, 3 if config.method == "ae" else 1),
+        "device": result.device, "method": config.method, "config": config.to_dict(),
     }
     path = save_bundle(out, result.network, preprocess, reference, summary, {TRAINING_LOG: log_path})
     report(1.0, f"model bundle written to {path}")
