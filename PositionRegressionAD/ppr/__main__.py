@@ -15,7 +15,7 @@ from ppr.errors import PPRError
 
 COMMANDS: dict[str, str] = {
     "preprocess": "Resample, register and normalise a head CT into model space.",
-    "train": "Train a PPR model bundle on healthy head CTs.",
+    "train": "Train a model bundle (PPR, or the autoencoder baseline) on healthy head CTs.",
     "detect": "Compute the error map of a head CT with a model bundle.",
     "calibrate": "Store per-voxel healthy error statistics in a model bundle.",
     "evaluate": "Evaluate a model bundle on labelled cases (AUROC, AP, Dice).",
