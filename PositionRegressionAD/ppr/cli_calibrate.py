@@ -47,6 +47,7 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ppr.bundle import load_bundle
     from ppr.calibration import calibrate_bundle
 
     config = CalibrationConfig(
@@ -65,9 +66,14 @@ def run(args: argparse.Namespace) -> int:
         "overlay_threshold_z": calibration.overlay_threshold_z,
         "factor": calibration.factor,
         "grid_shape": list(calibration.grid_shape),
-        "median_error_mm": float(np.median(calibration.median_mm)),
     }
-    print(f"calibrated on {calibration.n_scans} scans: typical healthy error {summary['median_error_mm']:.1f} mm, "
+    unit = load_bundle(args.bundle).error_unit
+    typical = float(np.median(calibration.median_mm))
+    # The healthy error is a position error in mm for PPR, a residual intensity for the autoencoder.
+    summary["error_unit"] = unit
+    summary["median_error_mm" if unit == "mm" else "median_error"] = typical
+    shown = f"{typical:.1f} mm" if unit == "mm" else f"{typical:.4f} ({unit})"
+    print(f"calibrated on {calibration.n_scans} scans: typical healthy error {shown}, "
           f"default overlay threshold z = {calibration.overlay_threshold_z:.2f}; written to {path}")
     if args.json:
         print(json.dumps(summary, sort_keys=True))
