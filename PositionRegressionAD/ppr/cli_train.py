@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
               "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
               "initial_val_loss": result.initial_val_loss,
               f"{config.rate_unit}_per_second": round(result.patches_per_second, 3 if config.method == "ae" else 1),
-              "device": result.device, "mode": config.mode, "method": config.method}
+              "device": result.device, "method": config.method}
+    if config.method == "ppr":  # dense or sampled: the autoencoder has no such choice
+        report["mode"] = config.mode
     val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.5f}"
     print(f"trained {result.steps} steps in {result.seconds:.0f} s on {result.device}: loss "
           f"{result.final_loss:.5f}, validation {val}; bundle written to {path}")

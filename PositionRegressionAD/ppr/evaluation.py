@@ -872,11 +872,11 @@ def comparison_row(model: ModelUnderTest, kind: str, summary: Mapping[str, Any],
     }
 
 
-def _figure(value: float | None, interval: Sequence[float | None] | None = None) -> str:
+def _figure(value: float | None, interval: Sequence[float | None] | None = None, digits: int = 3) -> str:
     if value is None:
         return "n/a"
     if interval is None or interval[0] is None:
-        return f"{value:.3f}"
+        return f"{value:.{digits}f}"
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
@@ -894,6 +894,7 @@ def comparison_markdown(comparison: Mapping[str, Any]) -> str:
         lines.append(
             f"| {row['model']} | {METHOD_LABELS.get(row['method'], row['method'])} | {row['score_map_label']} | "
             f"{_figure(row['auroc_any'], row['auroc_any_ci95'])} | {_figure(row['ap_any'], row['ap_any_ci95'])} | "
-            f"{_figure(row['voxel_ap'])} | {_figure(row['best_dice'])} |"
+            # Voxel AP sits near the prevalence (~0.003 for haemorrhage): 3 decimals would hide it.
+            f"{_figure(row['voxel_ap'], digits=4)} | {_figure(row['best_dice'])} |"
         )
     return "\n".join(lines) + "\n"
