@@ -233,15 +233,19 @@ def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: Prep
 
 
 class _PaddedVolume:
-    """A training volume padded by patch_size // 2 with background, ready for patch reads."""
+    """A training volume padded by patch_size // 2 with background, ready for patch reads.
 
-    def __init__(self, volume: TrainingVolume, half: int):
+    The padded intensities live on the training device: on a GPU, gathering 256 patches of 31^3 on
+    the CPU and copying them over was what held the paper's sampled mode to ~10k patches/s.
+    """
+
+    def __init__(self, volume: TrainingVolume, half: int, device: torch.device = torch.device("cpu")):
         if not volume.head_mask.any():
             raise PPRError(f"The scan {volume.name} has an empty head mask in model space: it cannot be "
                            "used for training. Check that it is a head CT.")
         self.name = volume.name
         self.shape = volume.volume.shape
-        self.padded = torch.from_numpy(np.pad(volume.volume.astype(np.float32), half))
+        self.padded = torch.from_numpy(np.pad(volume.volume.astype(np.float32), half)).to(device)
         self.head_mask = volume.head_mask
         self.head_indices = np.flatnonzero(volume.head_mask)
 
@@ -254,8 +258,8 @@ def sample_centres(volume: _PaddedVolume, count: int, rng: np.random.Generator) 
 
 def extract_patches(padded: torch.Tensor, centres: np.ndarray, size: int) -> torch.Tensor:
     """(n, 1, s, s, s) patches centred on ``centres`` of a volume padded by s // 2."""
-    offsets = torch.arange(size)
-    starts = torch.as_tensor(centres, dtype=torch.long)
+    offsets = torch.arange(size, device=padded.device)
+    starts = torch.as_tensor(centres, dtype=torch.long, device=padded.device)
     z = (starts[:, 0, None] + offsets)[:, :, None, None]
     y = (starts[:, 1, None] + offsets)[:, None, :, None]
     x = (starts[:, 2, None] + offsets)[:, None, None, :]
@@ -499,8 +503,8 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
             return _ae_validation_loss(net, whole_validation, config, device)
     else:
         half = net.patch_size // 2
-        padded = [_PaddedVolume(v, half) for v in volumes]
-        validation_set = ValidationSet.sample([_PaddedVolume(v, half) for v in validation],
+        padded = [_PaddedVolume(v, half, device) for v in volumes]
+        validation_set = ValidationSet.sample([_PaddedVolume(v, half, device) for v in validation],
                                               config.val_patches, config.seed)
 
         def step_loss() -> tuple[torch.Tensor, int]:
