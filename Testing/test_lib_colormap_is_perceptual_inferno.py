@@ -58,3 +58,21 @@ def test_a_scene_gets_one_table_however_often_it_is_asked():
 def test_fewer_than_two_colours_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         inferno_colors(1)
+
+
+def test_the_surface_table_is_bone_then_the_upper_ramp_and_the_range_puts_the_threshold_at_the_seam():
+    from PositionRegressionADLib.colormap import (
+        BONE_COLOR,
+        BONE_FRACTION,
+        build_surface_color_table,
+        surface_scalar_range,
+    )
+
+    rgb = _table_rgb(build_surface_color_table(256))
+    seam = round(BONE_FRACTION * 256)
+    np.testing.assert_allclose(rgb[:seam], np.tile(BONE_COLOR, (seam, 1)), atol=1 / 255)  # 8-bit table
+    ramp = _lightness(rgb[seam:])
+    assert np.all(np.diff(ramp) >= -1e-3)  # the coloured part still brightens monotonically
+    assert ramp[0] < _lightness(np.array([BONE_COLOR]))[0] - 20  # the first colour stands out from bone
+    low, high = surface_scalar_range(4.0, 12.0)
+    assert high == 12.0 and low + BONE_FRACTION * (high - low) == pytest.approx(4.0)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import slicer
 from vtk.util import numpy_support
 
-from PositionRegressionADLib.colormap import COLOR_TABLE_SINGLETON_TAG
+from PositionRegressionADLib.colormap import BONE_FRACTION, COLOR_TABLE_SINGLETON_TAG, SURFACE_TABLE_SINGLETON_TAG
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
 from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.report import table_row
@@ -24,6 +24,7 @@ from PositionRegressionADLib.results import (
     ROLE_ATTRIBUTE,
     ResultDisplayOptions,
     find_results,
+    set_threshold,
 )
 from PositionRegressionADLib.scene_io import SceneContext, load_volume
 from PositionRegressionADLib.skull_surface import ERROR_ARRAY_NAME
@@ -135,11 +136,21 @@ def test_detection_adds_results_on_the_input_grid_with_display_configured(contex
     probed = numpy_support.vtk_to_numpy(polydata.GetPointData().GetArray(ERROR_ARRAY_NAME))
     assert probed.shape == (polydata.GetNumberOfPoints(),)
     assert probed.min() >= 0.0 and probed.max() <= errors.max() + 1e-3
+    # Its table is bone up to the overlay threshold, the ramp above it, up to the overlay's maximum.
     surface_display = results.skull_surface.GetDisplayNode()
-    assert surface_display.GetColorNodeID() == inferno.GetID()
+    surface_table = context.scene.GetSingletonNode(SURFACE_TABLE_SINGLETON_TAG, "vtkMRMLColorTableNode")
+    assert surface_display.GetColorNodeID() == surface_table.GetID()
     assert surface_display.GetActiveScalarName() == ERROR_ARRAY_NAME
     assert surface_display.GetScalarVisibility()
-    assert surface_display.GetScalarRange() == pytest.approx((window_min, window_max), abs=1e-4)
+    low, high = surface_display.GetScalarRange()
+    assert high == pytest.approx(window_max, abs=1e-4)
+    assert low + BONE_FRACTION * (high - low) == pytest.approx(results.threshold_mm, abs=1e-4)
+    chosen = results.threshold_mm
+    set_threshold(results, 0.5 * chosen)  # the bone ends where the overlay now starts
+    low, high = surface_display.GetScalarRange()
+    assert low + BONE_FRACTION * (high - low) == pytest.approx(0.5 * chosen, abs=1e-4)
+    assert high == pytest.approx(window_max, abs=1e-4)
+    set_threshold(results, chosen)
 
     # Scores: the detector's numbers, unchanged, and how the run was made.
     row = table_row(results.scores)

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import slicer
 from vtk.util import numpy_support
 
-from PositionRegressionADLib.colormap import COLOR_TABLE_SINGLETON_TAG
+from PositionRegressionADLib.colormap import COLOR_TABLE_SINGLETON_TAG, SURFACE_TABLE_SINGLETON_TAG
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
 from PositionRegressionADLib.report import table_row
 from PositionRegressionADLib.scene_io import (
@@ -76,7 +76,11 @@ def test_results_survive_a_save_and_load_through_mrb(detected, tmp_path):
                                numpy_support.vtk_to_numpy(surface.GetPoints().GetData()), atol=1e-3)
     np.testing.assert_allclose(numpy_support.vtk_to_numpy(surface2.GetPointData().GetArray(ERROR_ARRAY_NAME)),
                                numpy_support.vtk_to_numpy(surface.GetPointData().GetArray(ERROR_ARRAY_NAME)), atol=1e-4)
-    assert results2.skull_surface.GetDisplayNode().GetColorNodeID() == inferno.GetID()
+    surface_table = loaded.scene.GetSingletonNode(SURFACE_TABLE_SINGLETON_TAG, "vtkMRMLColorTableNode")
+    assert surface_table is not None and surface_table.GetNumberOfColors() == 256
+    assert results2.skull_surface.GetDisplayNode().GetColorNodeID() == surface_table.GetID()
+    assert results2.skull_surface.GetDisplayNode().GetScalarRange() == pytest.approx(
+        results.skull_surface.GetDisplayNode().GetScalarRange(), abs=1e-4)  # saved with 6 digits
     assert results2.skull_surface.GetDisplayNode().GetActiveScalarName() == ERROR_ARRAY_NAME
 
     row, row2 = table_row(results.scores), table_row(results2.scores)

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import slicer
 from vtk.util import numpy_support
 
+from PositionRegressionADLib.colormap import BONE_FRACTION
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
 from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.process import ChildProcess
@@ -142,7 +143,10 @@ def test_the_z_map_is_a_second_volume_shown_with_the_calibrated_threshold(contex
     surface_display = surface.GetDisplayNode()
     assert surface_display.GetActiveScalarName() == Z_ARRAY_NAME
     window = (display.GetLevel() - display.GetWindow() / 2, display.GetLevel() + display.GetWindow() / 2)
-    assert surface_display.GetScalarRange() == pytest.approx(window, abs=1e-4)
+    # Bone up to the calibrated threshold, the ramp above it up to the overlay's maximum.
+    low, high = surface_display.GetScalarRange()
+    assert high == pytest.approx(window[1], abs=1e-4)
+    assert low + BONE_FRACTION * (high - low) == pytest.approx(display.GetLowerThreshold(), abs=1e-4)
 
     # Candidates: cut from z at the calibrated threshold, around the z peak, not the error's peak.
     segmentation = results.candidates.GetSegmentation()

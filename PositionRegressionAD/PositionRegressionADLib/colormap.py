@@ -64,3 +64,54 @@ def inferno_color_table(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorTableN
     """The scene's Inferno-like table, added on first use and reused afterwards."""
     existing = existing_inferno_color_table(scene)
     return existing if existing is not None else scene.AddNode(build_inferno_color_table())
+
+
+# ---------------------------------------------------------------------------------------------
+# The skull surface's table: bone below the threshold, the ramp above it.
+#
+# With the plain ramp the surface is black wherever the map is near 0, which is almost everywhere:
+# the skull reads as a dark silhouette and the eye cannot place the hot spots on it. The surface
+# table starts with BONE_FRACTION of its entries in a bone colour; the surface's scalar range is
+# set so that the overlay threshold falls exactly where the bone ends (``surface_scalar_range``),
+# so the skull is bone-coloured where the slices show nothing and coloured where they show the map.
+
+SURFACE_TABLE_NAME = "PPR skull surface"
+SURFACE_TABLE_SINGLETON_TAG = "PPRSkullSurface"
+BONE_FRACTION = 0.25
+BONE_COLOR = (0.89, 0.85, 0.79)
+# The ramp part starts at a visible purple, not at Inferno's black, so the threshold stands out.
+SURFACE_RAMP_START = 0.3
+
+
+def build_surface_color_table(count: int = 256) -> slicer.vtkMRMLColorTableNode:
+    """A new colour table node (not yet in any scene): bone, then the upper part of the ramp."""
+    bone_entries = round(BONE_FRACTION * count)
+    if bone_entries < 1 or count - bone_entries < 2:
+        raise ValueError(f"a surface table needs room for bone and a ramp, got {count} colours")
+    ramp = inferno_colors(256)[round(SURFACE_RAMP_START * 255):]
+    table = slicer.vtkMRMLColorTableNode()
+    table.SetTypeToUser()
+    table.SetName(SURFACE_TABLE_NAME)
+    table.SetNumberOfColors(count)
+    table.GetLookupTable().SetTableRange(0, count - 1)
+    for index in range(bone_entries):
+        table.SetColor(index, "bone", *BONE_COLOR, 1.0)
+    ramp_entries = count - bone_entries
+    for offset in range(ramp_entries):
+        red, green, blue = ramp[round(offset / (ramp_entries - 1) * (len(ramp) - 1))]
+        table.SetColor(bone_entries + offset, f"surface {offset}", red, green, blue, 1.0)
+    table.SetSingletonTag(SURFACE_TABLE_SINGLETON_TAG)
+    return table
+
+
+def existing_surface_color_table(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorTableNode | None:
+    """The scene's skull surface table if a detection (or a loaded scene) put one there."""
+    return scene.GetSingletonNode(SURFACE_TABLE_SINGLETON_TAG, "vtkMRMLColorTableNode")
+
+
+def surface_scalar_range(threshold: float, top: float) -> tuple[float, float]:
+    """The surface's scalar range that puts ``threshold`` where the bone part of the table ends
+    and ``top`` at its last colour (the overlay's own colour maximum)."""
+    top = max(top, threshold + 1e-6)
+    low = threshold - BONE_FRACTION / (1.0 - BONE_FRACTION) * (top - threshold)
+    return low, top

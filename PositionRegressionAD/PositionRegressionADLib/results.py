@@ -29,7 +29,13 @@ import slicer
 import vtk
 
 from PositionRegressionADLib.candidates import build_candidates
-from PositionRegressionADLib.colormap import build_inferno_color_table, existing_inferno_color_table
+from PositionRegressionADLib.colormap import (
+    build_inferno_color_table,
+    build_surface_color_table,
+    existing_inferno_color_table,
+    existing_surface_color_table,
+    surface_scalar_range,
+)
 from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array, voxel_to_ras
 from PositionRegressionADLib.report import DetectionReport, ResultImportError, build_scores_table
 from PositionRegressionADLib.skull_surface import (
@@ -366,6 +372,10 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
         if colours is None:
             colours = scene.AddNode(build_inferno_color_table())
             added.append(colours)
+        surface_colours = existing_surface_color_table(scene)
+        if surface_colours is None:
+            surface_colours = scene.AddNode(build_surface_color_table())
+            added.append(surface_colours)
         error_map = _add(scene, built.error_map, ROLE_ERROR_MAP, input_volume, added)
         error_map.SetAttribute(MAX_ERROR_ATTRIBUTE, " ".join(f"{v:.4f}" for v in built.max_error_ras))
         # %.9g: float32-exact, so a reloaded scene reads the threshold the display was set with.
@@ -384,7 +394,9 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
         surface.SetName(f"{input_volume.GetName()} skull surface")
         surface.SetAndObservePolyData(built.skull_surface)
         surface = _add(scene, surface, ROLE_SKULL_SURFACE, input_volume, added)
-        _show_surface(surface, colours, built.color_range_z if shows_z else built.color_range_mm,
+        _show_surface(surface, surface_colours,
+                      surface_scalar_range(built.threshold_z, built.color_range_z[1]) if shows_z
+                      else surface_scalar_range(built.threshold_mm, built.color_range_mm[1]),
                       Z_ARRAY_NAME if shows_z else ERROR_ARRAY_NAME)
 
         scores = _add(scene, built.scores, ROLE_SCORES, input_volume, added)
@@ -437,13 +449,15 @@ def _show_error_map(error_map: slicer.vtkMRMLScalarVolumeNode, colours: slicer.v
 
 
 def _show_surface(surface: slicer.vtkMRMLModelNode, colours: slicer.vtkMRMLColorTableNode,
-                  color_range: tuple[float, float], array_name: str = ERROR_ARRAY_NAME) -> None:
+                  scalar_range: tuple[float, float], array_name: str = ERROR_ARRAY_NAME) -> None:
+    """Colour the surface by ``array_name`` through the surface table (bone below the threshold:
+    ``scalar_range`` comes from ``colormap.surface_scalar_range``)."""
     surface.CreateDefaultDisplayNodes()
     display = surface.GetDisplayNode()
     display.SetActiveScalar(array_name, vtk.vtkAssignAttribute.POINT_DATA)
     display.SetAndObserveColorNodeID(colours.GetID())
     display.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
-    display.SetScalarRange(*color_range)
+    display.SetScalarRange(*scalar_range)
     display.SetScalarVisibility(True)
 
 
@@ -453,11 +467,22 @@ def set_threshold(results: DetectionResults, threshold_mm: float) -> None:
     It sets the error map's display; when the z-map is the overlay, use ``set_overlay_threshold``.
     """
     _set_display_threshold(results.error_map, threshold_mm)
+    _set_surface_threshold(results, ERROR_ARRAY_NAME, threshold_mm)
 
 
 def set_overlay_threshold(results: DetectionResults, threshold: float) -> None:
     """Threshold of the displayed map, in its unit (z or mm: ``results.displayed_map_kind``)."""
     _set_display_threshold(results.displayed_map, threshold)
+    _set_surface_threshold(results, Z_ARRAY_NAME if results.displayed_map_kind == "z" else ERROR_ARRAY_NAME,
+                           threshold)
+
+
+def _set_surface_threshold(results: DetectionResults, array_name: str, threshold: float) -> None:
+    """Move where the surface turns from bone to colour, if the surface shows that map."""
+    display = results.skull_surface.GetDisplayNode()
+    if display is None or display.GetActiveScalarName() != array_name:
+        return
+    display.SetScalarRange(*surface_scalar_range(threshold, display.GetScalarRange()[1]))
 
 
 def _set_display_threshold(volume: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
