@@ -90,3 +90,17 @@ def test_nan_voxels_become_zero_and_non_finite_sample_is_refused(tmp_path) -> No
     assert (written[0] == 0).all() and written[1:].min() == pytest.approx(10.0 / 30.0)
     with pytest.raises(ValueError, match="finite"):
         write_mood_outputs(_input_like_map(values), float("nan"), tmp_path, "case")
+
+
+def test_error_maps_are_normalised_around_their_own_unit():
+    """An autoencoder residual (~0.05) must not be squeezed by the mm scale (half 20 mm)."""
+    from ppr.mood import MoodNormalisation
+
+    residual = MoodNormalisation.for_error("intensity")
+    position = MoodNormalisation.for_error("mm")
+    assert residual(np.array([0.05]))[0] == pytest.approx(0.5)
+    assert position(np.array([20.0]))[0] == pytest.approx(0.5)
+    values = np.array([0.0, 0.01, 0.05, 0.2, 1.0])
+    assert np.all(np.diff(residual(values)) > 0)  # strictly increasing: no new ties
+    with pytest.raises(ValueError):
+        MoodNormalisation.for_error("hu")

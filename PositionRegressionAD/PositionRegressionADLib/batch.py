@@ -41,7 +41,7 @@ from PositionRegressionADLib.detection_logic import (
     default_model_path,
 )
 from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress
-from PositionRegressionADLib.report import REGION_LABELS, table_row
+from PositionRegressionADLib.report import REGION_LABELS, error_unit_of, table_row
 from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
 from PositionRegressionADLib.scene_io import (
     VOLUME_SUFFIXES,
@@ -192,11 +192,11 @@ def process_scan(path: Path, settings: BatchSettings, on_progress) -> dict[str, 
 def mood_normalisation(results: DetectionResults):
     """The fixed [0, 1] map of this model's scores: ``MoodNormalisation.for_z(calibration)`` for z-maps
     (centred on the calibration's overlay threshold, which the detector reported and the z-map node
-    keeps), the mm default otherwise."""
+    keeps), the default of the error map's unit otherwise (mm for PPR, intensity for the autoencoder)."""
     from ppr.mood import MoodNormalisation
 
     if results.z_map is None:
-        return MoodNormalisation()
+        return MoodNormalisation.for_error(error_unit_of(results.scores))
     # for_z reads only the calibration's overlay threshold; the Lib gets it from the detector's report.
     return MoodNormalisation(kind="z", centre=results.calibrated_threshold_z)
 

@@ -613,21 +613,16 @@ def input_space_pass(
     return histogram
 
 
-INTENSITY_HALF = 0.05
-
-
 def mood_normalisation(kind: str, calibration: Calibration | None) -> MoodNormalisation:
     """The fixed [0, 1] map of this model's scores: z around the overlay threshold, mm around
     the healthy median error of the calibration (or the default scale without one); an autoencoder
     residual (intensity) the same way, its default scale 0.05 of the intensity range."""
     if kind == "z":
         return MoodNormalisation.for_z(calibration)
-    if kind == "intensity":
-        half = float(np.median(calibration.median_mm)) if calibration is not None else INTENSITY_HALF
-        return MoodNormalisation("mm", half=max(half, 1e-3))  # "mm" names the v / (v + half) shape here
-    if calibration is not None:
-        return MoodNormalisation("mm", half=max(float(np.median(calibration.median_mm)), 1.0))
-    return MoodNormalisation("mm")
+    if calibration is None:
+        return MoodNormalisation.for_error(kind)
+    floor = 1e-3 if kind == "intensity" else 1.0  # a calibration median this small would crowd 1.0
+    return MoodNormalisation.for_error(kind, half=max(float(np.median(calibration.median_mm)), floor))
 
 
 def evaluate(

@@ -12,8 +12,8 @@ Why a fixed normalisation. Both MOOD metrics rank scores *across* cases. Per-cas
 would give every case a voxel at 1.0, so the brightest noise of a healthy scan would tie with a
 real lesion and the pooled AP would collapse; it would also make a healthy case's sample score
 depend on its own worst voxel only. The map to [0, 1] is therefore one strictly increasing function
-fixed per model (``MoodNormalisation``): ``v / (v + half_mm)`` for error maps in mm (half_mm maps to
-0.5), or a logistic of ``(z - centre) / width`` for z-maps (centre: the calibration's overlay
+fixed per model (``MoodNormalisation``): ``v / (v + half)`` for error maps (PPR position error in mm,
+autoencoder residual in intensity; half maps to 0.5), or a logistic of ``(z - centre) / width`` for z-maps (centre: the calibration's overlay
 threshold maps to 0.5). Both keep the order of every pair of values (no clipping, so no new ties
 beyond float precision); they are centred on the interesting range because MOOD reads float16,
 which resolves about 5e-4 near 1.
@@ -34,14 +34,17 @@ from ppr.calibration import Calibration
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DEFAULT_HALF_MM = 20.0  # about the healthy median error of a coarse model (DESIGN.md: ~30 mm mean)
+DEFAULT_HALF_INTENSITY = 0.05  # about an autoencoder's healthy residual on the [0, 1] intensity scale
+ERROR_KINDS = {"mm": DEFAULT_HALF_MM, "intensity": DEFAULT_HALF_INTENSITY}
 DEFAULT_Z_WIDTH = 2.0  # z within centre +- 8 stays resolvable in float16 (0.018 .. 0.982)
 
 
 @dataclass(frozen=True)
 class MoodNormalisation:
-    """A strictly increasing map of a score (mm or z) to [0, 1], fixed per model.
+    """A strictly increasing map of a score (mm, intensity or z) to [0, 1], fixed per model.
 
-    kind "mm": ``v / (v + half)`` for v >= 0 (negative values are 0); ``half`` in mm maps to 0.5.
+    kind "mm" or "intensity" (an error map in that unit): ``v / (v + half)`` for v >= 0 (negative
+    values are 0); ``half``, in the map's unit, maps to 0.5 (``for_error`` picks the unit's default).
     kind "z": ``1 / (1 + exp(-(v - centre) / width))``.
     """
 
@@ -51,10 +54,17 @@ class MoodNormalisation:
     width: float = DEFAULT_Z_WIDTH
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mm", "z"):
-            raise ValueError(f"kind must be 'mm' or 'z', got {self.kind!r}")
+        if self.kind not in (*ERROR_KINDS, "z"):
+            raise ValueError(f"kind must be one of {(*ERROR_KINDS, 'z')}, got {self.kind!r}")
         if self.half <= 0 or self.width <= 0:
             raise ValueError("half and width must be positive")
+
+    @classmethod
+    def for_error(cls, unit: str, half: float | None = None) -> "MoodNormalisation":
+        """Error maps in ``unit`` ("mm" or "intensity"): ``half`` maps to 0.5 (default: the unit's)."""
+        if unit not in ERROR_KINDS:
+            raise ValueError(f"unknown error unit {unit!r}; expected one of {tuple(ERROR_KINDS)}")
+        return cls(kind=unit, half=ERROR_KINDS[unit] if half is None else half)
 
     @classmethod
     def for_z(cls, calibration: Calibration, width: float = DEFAULT_Z_WIDTH) -> "MoodNormalisation":
@@ -63,7 +73,7 @@ class MoodNormalisation:
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-np.inf if self.kind == "z" else 0.0)
-        if self.kind == "mm":
+        if self.kind in ERROR_KINDS:
             positive = np.maximum(values, 0.0)
             return np.where(np.isinf(positive), 1.0, positive / (positive + self.half))
         # exp overflows harmlessly to inf for very negative z: the result is 0
