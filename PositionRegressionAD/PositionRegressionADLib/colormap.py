@@ -42,17 +42,24 @@ def inferno_colors(count: int = 256) -> list[tuple[float, float, float]]:
     return colours
 
 
-def build_inferno_color_table(count: int = 256) -> slicer.vtkMRMLColorTableNode:
-    """A new colour table node (not yet in any scene) holding the ramp."""
+def _color_table(name: str, singleton_tag: str,
+                 entries: list[tuple[str, tuple[float, float, float]]]) -> slicer.vtkMRMLColorTableNode:
+    """A new user colour table node (not yet in any scene) holding ``entries`` (name, RGB 0..1)."""
     table = slicer.vtkMRMLColorTableNode()
     table.SetTypeToUser()
-    table.SetName(COLOR_TABLE_NAME)
-    table.SetNumberOfColors(count)
-    table.GetLookupTable().SetTableRange(0, count - 1)
-    for index, (red, green, blue) in enumerate(inferno_colors(count)):
-        table.SetColor(index, f"inferno {index}", red, green, blue, 1.0)
-    table.SetSingletonTag(COLOR_TABLE_SINGLETON_TAG)
+    table.SetName(name)
+    table.SetNumberOfColors(len(entries))
+    table.GetLookupTable().SetTableRange(0, len(entries) - 1)
+    for index, (entry_name, (red, green, blue)) in enumerate(entries):
+        table.SetColor(index, entry_name, red, green, blue, 1.0)
+    table.SetSingletonTag(singleton_tag)
     return table
+
+
+def build_inferno_color_table(count: int = 256) -> slicer.vtkMRMLColorTableNode:
+    """A new colour table node (not yet in any scene) holding the ramp."""
+    return _color_table(COLOR_TABLE_NAME, COLOR_TABLE_SINGLETON_TAG,
+                        [(f"inferno {index}", colour) for index, colour in enumerate(inferno_colors(count))])
 
 
 def existing_inferno_color_table(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorTableNode | None:
@@ -89,19 +96,11 @@ def build_surface_color_table(count: int = 256) -> slicer.vtkMRMLColorTableNode:
     if bone_entries < 1 or count - bone_entries < 2:
         raise ValueError(f"a surface table needs room for bone and a ramp, got {count} colours")
     ramp = inferno_colors(256)[round(SURFACE_RAMP_START * 255):]
-    table = slicer.vtkMRMLColorTableNode()
-    table.SetTypeToUser()
-    table.SetName(SURFACE_TABLE_NAME)
-    table.SetNumberOfColors(count)
-    table.GetLookupTable().SetTableRange(0, count - 1)
-    for index in range(bone_entries):
-        table.SetColor(index, "bone", *BONE_COLOR, 1.0)
     ramp_entries = count - bone_entries
-    for offset in range(ramp_entries):
-        red, green, blue = ramp[round(offset / (ramp_entries - 1) * (len(ramp) - 1))]
-        table.SetColor(bone_entries + offset, f"surface {offset}", red, green, blue, 1.0)
-    table.SetSingletonTag(SURFACE_TABLE_SINGLETON_TAG)
-    return table
+    entries = [("bone", BONE_COLOR)] * bone_entries + [
+        (f"surface {offset}", ramp[round(offset / (ramp_entries - 1) * (len(ramp) - 1))])
+        for offset in range(ramp_entries)]
+    return _color_table(SURFACE_TABLE_NAME, SURFACE_TABLE_SINGLETON_TAG, entries)
 
 
 def existing_surface_color_table(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorTableNode | None:

@@ -368,14 +368,8 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
     previous = _result_nodes(scene, input_volume)
     added: list[slicer.vtkMRMLNode] = []
     try:
-        colours = existing_inferno_color_table(scene)
-        if colours is None:
-            colours = scene.AddNode(build_inferno_color_table())
-            added.append(colours)
-        surface_colours = existing_surface_color_table(scene)
-        if surface_colours is None:
-            surface_colours = scene.AddNode(build_surface_color_table())
-            added.append(surface_colours)
+        colours = _shared_color_table(scene, existing_inferno_color_table, build_inferno_color_table, added)
+        surface_colours = _shared_color_table(scene, existing_surface_color_table, build_surface_color_table, added)
         error_map = _add(scene, built.error_map, ROLE_ERROR_MAP, input_volume, added)
         error_map.SetAttribute(MAX_ERROR_ATTRIBUTE, " ".join(f"{v:.4f}" for v in built.max_error_ras))
         # %.9g: float32-exact, so a reloaded scene reads the threshold the display was set with.
@@ -427,6 +421,17 @@ def _add(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode, role: str, input_
         node.SetAndObserveTransformNodeID(input_volume.GetTransformNodeID())
     added.append(scene.AddNode(node))
     return added[-1]
+
+
+def _shared_color_table(scene: slicer.vtkMRMLScene, existing, build, added: list[slicer.vtkMRMLNode]
+                        ) -> slicer.vtkMRMLColorTableNode:
+    """The scene's table (``existing(scene)``), or a new one from ``build()`` recorded in ``added``
+    so a failed run removes it again; later runs and loaded scenes reuse it."""
+    table = existing(scene)
+    if table is None:
+        table = scene.AddNode(build())
+        added.append(table)
+    return table
 
 
 def _add_default_storage(node: slicer.vtkMRMLNode) -> None:

@@ -529,13 +529,10 @@ def calibrate_bundle(
                 raise type(error)(f"{image}: {error}") from None
             yield sitk.GetArrayFromImage(result.error_map_model), sitk.GetArrayFromImage(result.head_mask_model) > 0
 
-    from ppr.scores import FOCUS_REGIONS
+    from ppr.scores import focus_mask
 
-    regions = bundle.region_masks
-    brain_and_skull = np.zeros(bundle.reference.GetSize()[::-1], dtype=bool)
-    for name in FOCUS_REGIONS:
-        if name in regions:
-            brain_and_skull |= regions[name]
+    # The reference's brain and skull, where detection looks for the most anomalous point too.
+    brain_and_skull = focus_mask(bundle.region_masks, np.ones(bundle.reference.GetSize()[::-1], dtype=bool))
     calibration = fit_calibration_scans(scans(), names, config, brain_and_skull, bundle.error_unit)
     if progress:
         progress(1.0, "writing the calibration")
