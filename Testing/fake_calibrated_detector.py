@@ -16,9 +16,9 @@ import SimpleITK as sitk
 from PositionRegressionADLib.process import ProcessOutcome
 from PositionRegressionADLib.testing import AIR, BACKGROUND_ERROR_MM, InProcessFakeDetection, fake_error_map
 from ppr.cli_detect import z_map_path
+# The error (mm) peaks at LESION_LPS (left frontal brain), z at SKULL_POINT_LPS (the forehead's skull).
+from synthetic_heads import LESION_LPS, SKULL_POINT_LPS
 
-LESION_LPS = (30.0, -20.0, 25.0)  # where the error (mm) peaks: left frontal brain
-SKULL_POINT_LPS = (0.0, -84.0, 5.0)  # where z peaks: the forehead's outer skull table
 CALIBRATED_THRESHOLD_Z = 5.0
 Z_SPREAD_MM = 2.0
 

@@ -12,6 +12,7 @@ Not a realistic anatomy: use real data where behaviour depends on anatomy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -173,3 +174,18 @@ def oblique_direction(rotation_deg: Sequence[float] = (10.0, -7.0, 25.0)) -> tup
     transform = sitk.Euler3DTransform()
     transform.SetRotation(*[float(np.deg2rad(a)) for a in rotation_deg])
     return tuple(transform.GetMatrix())
+
+
+# The Lib tests' standard scan and the two places their fake detectors peak at (identity pose, LPS mm).
+LESION_LPS = (30.0, -20.0, 25.0)  # in the left frontal lobe
+SKULL_POINT_LPS = (0.0, -84.0, 5.0)  # on the forehead's outer skull table
+
+
+def write_lesion_head(folder: Path) -> Path:
+    """The Lib tests' synthetic head, oblique and anisotropic, brain-windowed, with a lesion at
+    ``LESION_LPS``, written as NIfTI into ``folder``."""
+    image = synthetic_head(size=(72, 80, 36), spacing=(2.6, 2.6, 5.0), direction=oblique_direction((4.0, -3.0, 12.0)),
+                           window_hu=(-20.0, 100.0), lesion_center_mm=LESION_LPS, lesion_radius_mm=9.0)
+    path = Path(folder) / "synthetic_head.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path

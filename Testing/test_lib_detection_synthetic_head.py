@@ -38,19 +38,12 @@ from PositionRegressionADLib.testing import (
     segment_mask,
     volume_fingerprint,
 )
-from synthetic_heads import oblique_direction, synthetic_head
-
-LESION_LPS = (30.0, -20.0, 25.0)  # in the left frontal lobe of the synthetic head (identity pose)
-SKULL_POINT_LPS = (0.0, -84.0, 5.0)  # on the forehead's outer skull table
+from synthetic_heads import LESION_LPS, SKULL_POINT_LPS, write_lesion_head
 
 
 @pytest.fixture(scope="module")
 def head_file(tmp_path_factory) -> Path:
-    image = synthetic_head(size=(72, 80, 36), spacing=(2.6, 2.6, 5.0), direction=oblique_direction((4.0, -3.0, 12.0)),
-                           window_hu=(-20.0, 100.0), lesion_center_mm=LESION_LPS, lesion_radius_mm=9.0)
-    path = tmp_path_factory.mktemp("heads") / "synthetic_head.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_lesion_head(tmp_path_factory.mktemp("heads"))
 
 
 @pytest.fixture(autouse=True)

@@ -51,15 +51,11 @@ from fake_calibrated_detector import (
     MissingZMapDetection,
 )
 from ppr.errors import BundleError
-from synthetic_heads import oblique_direction, synthetic_head
+from synthetic_heads import synthetic_head, write_lesion_head
 
 @pytest.fixture(scope="module")
 def head_file(tmp_path_factory) -> Path:
-    image = synthetic_head(size=(72, 80, 36), spacing=(2.6, 2.6, 5.0), direction=oblique_direction((4.0, -3.0, 12.0)),
-                           window_hu=(-20.0, 100.0), lesion_center_mm=LESION_LPS, lesion_radius_mm=9.0)
-    path = tmp_path_factory.mktemp("heads") / "synthetic_head.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_lesion_head(tmp_path_factory.mktemp("heads"))
 
 
 @pytest.fixture(autouse=True)
