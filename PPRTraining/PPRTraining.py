@@ -9,9 +9,11 @@ see ``Scripts/train.py``. This file holds no training code of its own.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shlex
 from pathlib import Path
 
+from PositionRegressionADLib.run_state import TRAINING_WORDS, RunState, shown_then_recorded
 from PPRTrainingLib.logic import PPRTrainingLogic  # noqa: F401  (the module's logic, also for batch use)
 
 try:
@@ -47,7 +49,8 @@ if ScriptedLoadableModule is not None:
             ScriptedLoadableModule.__init__(self, parent)
             self.parent.title = "PPR Training"
             self.parent.categories = ["Quantification"]
-            self.parent.dependencies = []
+            # ppr and the run state live in the PositionRegressionAD module's folder.
+            self.parent.dependencies = ["PositionRegressionAD"]
             self.parent.contributors = ["PositionRegressionAD developers"]
             self.parent.helpText = _HELP_TEXT
             self.parent.acknowledgementText = _ACKNOWLEDGEMENT
@@ -61,6 +64,8 @@ if ScriptedLoadableModule is not None:
             ScriptedLoadableModuleWidget.setup(self)
             self.logic = PPRTrainingLogic()
             self._run = None
+            self._state = RunState(TRAINING_WORDS)  # what the panel shows about the run: rendered only
+            self._plotting = True
             self._lossPlot = None
             self._losses: list[tuple[int, float]] = []
             self._valLosses: list[tuple[int, float]] = []
@@ -71,7 +76,7 @@ if ScriptedLoadableModule is not None:
             self._addOptionsSection()
             self._addRunSection()
             self.layout.addStretch(1)
-            self._updateButtons()
+            self._render()
 
         def _addDataSection(self) -> None:
             box = ctk.ctkCollapsibleButton()
@@ -135,12 +140,12 @@ if ScriptedLoadableModule is not None:
             folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Folder of healthy head CTs")
             if folder:
                 self.dataFolderList.addItem(folder)
-            self._updateButtons()
+            self._render()
 
         def _onRemoveFolder(self) -> None:
             for item in self.dataFolderList.selectedItems():
                 self.dataFolderList.takeItem(self.dataFolderList.row(item))
-            self._updateButtons()
+            self._render()
 
         def _request(self):
             folders = [Path(self.dataFolderList.item(i).text()) for i in range(self.dataFolderList.count)]
@@ -153,40 +158,53 @@ if ScriptedLoadableModule is not None:
             return self.logic.request_from_folders(folders, Path(self.bundleEdit.currentPath), validation, extra)
 
         def _onStart(self) -> None:
-            with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
-                request = self._request()
-                self._ensureTorch()
-                self._losses, self._valLosses = [], []
-                self._lossPlot = None
-                self.progressBar.value = 0
-                self.statusLabel.text = f"Training on {len(request.images)} scans..."
-                self._bundle = request.bundle
-                self._run = self.logic.start(request)
-                self._timer.start()
-            self._updateButtons()
+            if not self._state.view().can_start:
+                return  # a click that arrived while PyTorch was installing
+            # tryWithErrorDisplay shows the error, then re-raises it: the state takes it from there.
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True),
+                                     self._state.failed):
+                self._startTraining()
+            self._render()
+
+        def _startTraining(self) -> None:
+            request = self._request()
+            if not self._ensureTorch():
+                self._state.not_started("Training needs PyTorch, which was not installed.")
+                return
+            self._losses, self._valLosses = [], []
+            self._lossPlot, self._plotting = None, True
+            self._bundle = request.bundle
+            self._run = self.logic.start(request)
+            self._state.started()
+            self._state.progress(0.0, f"Training on {len(request.images)} scans...")
+            self._timer.start()
 
         def _onStop(self) -> None:
-            if self._run is not None:
-                self._run.stop()
-                self.statusLabel.text = "Stopping..."
+            if self._state.cancel_requested():
+                self._render()
+                self._run.stop()  # the timer then ends the run as stopped
 
         def _onTimer(self) -> None:
             reports = self._run.poll()
             for report in reports:
-                if report.fraction is not None:
-                    self.progressBar.value = int(1000 * report.fraction)
-                self.statusLabel.text = report.message
+                fraction = self._state.fraction if report.fraction is None else report.fraction
+                self._state.progress(fraction, report.message)
                 if report.step is not None and report.loss is not None:
                     self._losses.append((report.step, report.loss))
                 if report.step is not None and report.val_loss is not None:
                     self._valLosses.append((report.step, report.val_loss))
-            if reports and self._losses:
-                self._updatePlot()
+            if reports and self._losses and self._plotting:
+                try:
+                    self._updatePlot()
+                except Exception:  # noqa: BLE001 - a plot that cannot be drawn must not stop following the run
+                    logging.exception("PPR Training: the live loss plot could not be drawn; it stops here.")
+                    self._plotting = False
             if self._run.finished():
                 self._timer.stop()
-                self._onFinished(self._run.outcome())
-                self._run = None
-                self._updateButtons()
+                run, self._run = self._run, None
+                with shown_then_recorded(slicer.util.tryWithErrorDisplay("Training failed."), self._state.failed):
+                    self._onFinished(run.outcome())
+            self._render()
 
         def _updatePlot(self) -> None:
             from PPRTrainingLib.loss_plot import LossPlot
@@ -198,24 +216,32 @@ if ScriptedLoadableModule is not None:
 
         def _onFinished(self, outcome) -> None:
             if outcome.stopped:
-                self.statusLabel.text = "Training stopped."
+                self._state.cancelled()
                 return
             if not outcome.succeeded:
-                self.statusLabel.text = "Training failed."
+                self._state.failed(outcome.error_message)
                 slicer.util.errorDisplay(outcome.error_message, windowTitle="PPR Training")
                 return
-            self.progressBar.value = 1000
-            self.statusLabel.text = f"Model bundle written to {self._bundle} ({outcome.seconds / 60:.1f} min)."
-            with slicer.util.tryWithErrorDisplay("The training report could not be written."):
-                self._ensureMatplotlib()
+            self._state.succeeded(f"Model bundle written to {self._bundle} ({outcome.seconds / 60:.1f} min).")
+            self._render()
+            # The bundle is there whatever happens to the report: a failed report is a note, not a failure.
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay("The training report could not be written."),
+                                     lambda error: self._state.note(f"No report: {error}")):
+                if not self._ensureMatplotlib():
+                    self._state.note("No report: it needs matplotlib, which was not installed.")
+                    return
                 report = self.logic.write_report(self._bundle)
-                self.statusLabel.text += f"\nReport: {report.figure}"
+                self._state.note(f"Report: {report.figure}")
 
-        @staticmethod
-        def _ensureTorch() -> None:
-            # The training subprocess runs in Slicer's Python, which gets torch from the PyTorch extension.
+        def _ensureTorch(self) -> bool:
+            """PyTorch in Slicer's Python (the trainer runs there), from the PyTorch extension; False if declined."""
+            from PositionRegressionADLib.devices import TORCH_REQUIREMENT, torch_too_old
+
             if importlib.util.find_spec("torch") is not None:
-                return
+                problem = torch_too_old()
+                if problem:
+                    raise RuntimeError(problem)
+                return True
             try:
                 import PyTorchUtils
             except ImportError as error:
@@ -223,22 +249,30 @@ if ScriptedLoadableModule is not None:
                     "Training needs the PyTorch extension: install it with the Extensions Manager, "
                     "restart Slicer, then start the training again."
                 ) from error
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
-                raise RuntimeError("PyTorch was not installed, so the training cannot start.")
+            self._state.installing()
+            self._render()  # Start is disabled during the install: clicks meanwhile do nothing
+            return PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT) is not None
 
         @staticmethod
-        def _ensureMatplotlib() -> None:
+        def _ensureMatplotlib() -> bool:
             try:
                 import matplotlib  # noqa: F401
             except ImportError:
                 # Slicer's Python does not ship matplotlib; the report needs it.
-                if slicer.util.confirmOkCancelDisplay("The training report needs matplotlib. Install it now?"):
-                    slicer.util.pip_install("matplotlib")
+                if not slicer.util.confirmOkCancelDisplay("The training report needs matplotlib. Install it now?"):
+                    return False
+                slicer.util.pip_install("matplotlib")
+            return True
 
-        def _updateButtons(self) -> None:
-            running = self._run is not None
-            self.startButton.enabled = not running and self.dataFolderList.count > 0
-            self.stopButton.enabled = running
+        def _render(self) -> None:
+            """Draw the run state: the buttons, the progress bar, the status line."""
+            view = self._state.view()
+            self.startButton.enabled = view.can_start and self.dataFolderList.count > 0
+            self.stopButton.enabled = view.can_cancel
+            self.progressBar.visible = view.progress_visible
+            self.progressBar.value = view.progress
+            self.statusLabel.text = view.status
 
         def cleanup(self) -> None:
             # Closing Slicer must not leave a training process running without anyone watching it.
@@ -246,6 +280,7 @@ if ScriptedLoadableModule is not None:
             if self._run is not None:
                 self._run.stop()
                 self._run = None
+                self._state.cancelled()
 
     class PPRTrainingTest(ScriptedLoadableModuleTest):
         """Self-test inside Slicer: image collection and stopping a (fake) training process."""

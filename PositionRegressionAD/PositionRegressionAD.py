@@ -18,7 +18,9 @@ from PositionRegressionADLib.detection_logic import (
     DetectionLogic,
     DetectionOptions,
     default_model_path,
+    first_input_volume,
 )
+from PositionRegressionADLib.run_state import DETECTION_WORDS, RunState, shown_then_recorded
 
 try:
     import qt
@@ -98,7 +100,12 @@ if ScriptedLoadableModule is not None:
             self._parameterNode = None
             self._parameterNodeGuiTag = None
             self._run = None
+            self._state = RunState(DETECTION_WORDS)  # what the panel shows about the run: rendered only
             self._timer = None
+            self._deviceProbe = None
+            self._deviceTimer = None
+            self._shownModelPath = None
+            self._shownDisplay = None
 
         def setup(self) -> None:
             ScriptedLoadableModuleWidget.setup(self)
@@ -118,22 +125,39 @@ if ScriptedLoadableModule is not None:
             self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
             self.ui.jumpToMaxButton.connect("clicked(bool)", self.onJumpToMax)
             self.ui.editCandidatesButton.connect("clicked(bool)", self.onEditCandidates)
-            self.ui.progressBar.hide()
-            self.ui.deviceInfoLabel.text = self._deviceDescription()
+            self._deviceTimer = qt.QTimer()
+            self._deviceTimer.setInterval(self.POLL_MILLISECONDS)
+            self._deviceTimer.connect("timeout()", self.onDeviceTimer)
+            self._startDeviceProbe()
             self.initializeParameterNode()
 
         def cleanup(self) -> None:
+            self._timer.stop()
+            self._deviceTimer.stop()
             if self._run is not None:
                 self._run.cancel()
+                self._run = None
+            if self._deviceProbe is not None:
+                self._deviceProbe.cancel()
             self.removeObservers()
 
         def enter(self) -> None:
+            self._state.entered()
             self.initializeParameterNode()
 
         def exit(self) -> None:
-            self.setParameterNode(None)
+            # As Slicer's template: keep the parameter node (a running detection still reads it when it
+            # ends), only stop reacting to it. The run goes on; its results land while the user is away.
+            self._state.left()
+            self._disconnectParameterNode()
 
         def onSceneStartClose(self, caller, event) -> None:
+            if self._run is not None:
+                # The scene the run would add its results to is going away: end the run now.
+                self._timer.stop()
+                run, self._run = self._run, None
+                run.cancel()
+                self._state.cancelled("Cancelled: the scene was closed.")
             self.setParameterNode(None)
 
         def onSceneEndClose(self, caller, event) -> None:
@@ -143,30 +167,45 @@ if ScriptedLoadableModule is not None:
         def initializeParameterNode(self) -> None:
             self.setParameterNode(self.logic.getParameterNode())
             if not self._parameterNode.inputVolume:
-                self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+                self._parameterNode.inputVolume = first_input_volume(slicer.mrmlScene)
 
         def setParameterNode(self, parameterNode) -> None:
-            if self._parameterNode:
-                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self._disconnectParameterNode()
             self._parameterNode = parameterNode
             if self._parameterNode:
                 self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
                 self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
             self.updateGUIFromParameterNode()
 
-        # ---- parameter node -> views -------------------------------------------------------
+        def _disconnectParameterNode(self) -> None:
+            if self._parameterNode and self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+                self._parameterNodeGuiTag = None
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+        # ---- parameter node and run state -> views --------------------------------------------
+
+        def _render(self) -> None:
+            """Draw the run state: the button, the progress bar, the status line."""
+            view = self._state.view()
+            node = self._parameterNode
+            self.ui.detectButton.text = view.action_text
+            self.ui.detectButton.enabled = view.can_cancel or (view.can_start and bool(node and node.inputVolume))
+            self.ui.progressBar.visible = view.progress_visible
+            self.ui.progressBar.value = view.progress
+            self.ui.statusLabel.text = view.status
 
         def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+            self._render()
             node = self._parameterNode
-            running = self._run is not None
-            self.ui.detectButton.text = "Cancel" if running else "Detect anomalies"
-            self.ui.detectButton.enabled = running or bool(node and node.inputVolume)
             if node is None:
                 return
             self.ui.modelPathLineEdit.enabled = not node.useBundledModel
             self.ui.overlayThresholdSliderWidget.enabled = not node.autoThreshold
-            self.ui.modelCardLabel.text = self._modelCard(self._modelPath())
+            modelPath = self._modelPath()
+            if modelPath != self._shownModelPath:  # read the bundle only when the choice changes
+                self._shownModelPath = modelPath
+                self.ui.modelCardLabel.text = self._modelCard(modelPath)
             results = self.detection.results(node.inputVolume) if node.inputVolume else None
             self._showResults(results)
 
@@ -179,6 +218,13 @@ if ScriptedLoadableModule is not None:
             from PositionRegressionADLib.results import set_overlay, set_threshold
 
             node = self._parameterNode
+            # Only a change of the results or of the display choices touches the views: any other
+            # parameter change (or coming back to the module) keeps the user's own view setup.
+            display = (results.error_map.GetID(), node.autoThreshold, node.overlayThresholdMm,
+                       node.overlayOpacity, node.showOverlay, node.showSurface)
+            if display == self._shownDisplay:
+                return
+            self._shownDisplay = display
             # Automatic: the map the Lib chose (the calibrated z-map when the model has one) at its
             # threshold; a threshold the user set is in mm, so it shows the error map.
             overlay = results.displayed_map
@@ -201,28 +247,47 @@ if ScriptedLoadableModule is not None:
 
             return model_card_html(path)
 
-        @staticmethod
-        def _deviceDescription() -> str:
-            from PositionRegressionADLib.devices import describe_devices
+        def _startDeviceProbe(self) -> None:
+            """Describe the devices from a child Python: the GUI never imports torch or starts CUDA."""
+            from PositionRegressionADLib.detection_logic import child_environment, default_python_command
+            from PositionRegressionADLib.devices import CHECKING, DeviceProbe
 
-            return describe_devices()
+            self.ui.deviceInfoLabel.text = CHECKING
+            try:
+                self._deviceProbe = DeviceProbe(default_python_command(), child_environment())
+            except Exception as error:  # noqa: BLE001 - the panel must open whatever is wrong here
+                self.ui.deviceInfoLabel.text = f"The compute devices could not be checked: {error}"
+                return
+            self._deviceTimer.start()
+
+        def onDeviceTimer(self) -> None:
+            line = self._deviceProbe.poll()
+            if line is not None:
+                self._deviceTimer.stop()
+                self.ui.deviceInfoLabel.text = line
 
         # ---- detection -----------------------------------------------------------------------
 
         def onDetectButton(self) -> None:
-            if self._run is not None:
-                self._run.cancel()
-                self.ui.statusLabel.text = "Cancelling..."
+            if self._state.busy:
+                # Cancel while running; nothing while PyTorch installs (clicks arrive during the install).
+                if self._state.cancel_requested():
+                    self._render()
+                    self._run.cancel()  # the timer then ends the run as cancelled
                 return
-            with slicer.util.tryWithErrorDisplay("Detection could not start.", waitCursor=True):
-                if not self.ensureTorch():
-                    return
-                self._run = self.detection.start(self._parameterNode.inputVolume, self._options())
-                self.ui.progressBar.value = 0
-                self.ui.progressBar.show()
-                self.ui.statusLabel.text = "Starting..."
-                self._timer.start()
+            # tryWithErrorDisplay shows the error, then re-raises it: the state takes it from there.
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Detection could not start.", waitCursor=True),
+                                     self._state.failed):
+                self._startDetection()
             self.updateGUIFromParameterNode()
+
+        def _startDetection(self) -> None:
+            if not self.ensureTorch():
+                self._state.not_started("Detection needs PyTorch, which was not installed.")
+                return
+            self._run = self.detection.start(self._parameterNode.inputVolume, self._options())
+            self._state.started()
+            self._timer.start()
 
         def _options(self) -> DetectionOptions:
             from PositionRegressionADLib.results import ResultDisplayOptions
@@ -237,9 +302,12 @@ if ScriptedLoadableModule is not None:
 
         def ensureTorch(self) -> bool:
             """PyTorch through the PyTorch extension, installed after asking; False if the user declines."""
-            from PositionRegressionADLib.devices import torch_installed
+            from PositionRegressionADLib.devices import TORCH_REQUIREMENT, torch_installed, torch_too_old
 
             if torch_installed():
+                problem = torch_too_old()
+                if problem:
+                    raise RuntimeError(problem)
                 return True
             try:
                 import PyTorchUtils
@@ -250,40 +318,44 @@ if ScriptedLoadableModule is not None:
                     "Detection needs PyTorch, which is not installed yet. Install it now? "
                     "It is a large download (several minutes)."):
                 return False
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            self._state.installing()
+            self._render()  # the button is disabled during the install: clicks meanwhile do nothing
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 raise RuntimeError("PyTorch could not be installed: see the Python console for the reason.")
-            self.ui.deviceInfoLabel.text = self._deviceDescription()
+            self._startDeviceProbe()
             return True
 
         def onTimer(self) -> None:
             for update in self._run.take_progress():
-                self.ui.progressBar.value = int(1000 * update.fraction)
-                self.ui.statusLabel.text = update.message
+                self._state.progress(update.fraction, update.message)
             if not self._run.finished():
+                self._render()
                 return
             self._timer.stop()
             run, self._run = self._run, None
-            self.ui.statusLabel.text = "Adding the results to the scene..."
+            self._state.progress(1.0, "Adding the results to the scene...")
+            self._render()
             slicer.app.processEvents()
-            status = "Detection failed: see the message."
-            with slicer.util.tryWithErrorDisplay("Detection failed.", waitCursor=True):
-                try:
-                    status = self._onResults(self.detection.finish(run))
-                except DetectionCancelled:
-                    status = "Cancelled."
-            self.ui.progressBar.hide()
-            self.ui.statusLabel.text = status
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Detection failed.", waitCursor=True),
+                                     self._state.failed):
+                self._finishDetection(run)
             self.updateGUIFromParameterNode()
 
-        def _onResults(self, results) -> str:
-            """Show a new detection's results; returns the status line."""
-            node = self._parameterNode
-            if node.autoThreshold:
+        def _finishDetection(self, run) -> None:
+            try:
+                results = self.detection.finish(run)
+            except DetectionCancelled:
+                self._state.cancelled()
+                return
+            node = self._parameterNode  # kept when the user left the module, so results land then too
+            if node is not None and node.autoThreshold:
                 # Unticking "Automatic threshold" then starts from the threshold this run chose.
                 node.overlayThresholdMm = min(results.threshold_mm, 200.0)
-            self.onJumpToMax()
+            if not self._state.away:
+                self.onJumpToMax()  # moving the views under a user who is elsewhere would surprise them
             seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
-            return f"Done in {seconds:.0f} s."
+            self._state.succeeded(f"Done in {seconds:.0f} s.")
 
         # ---- results -------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The Windows console and process-group options live once, with the detector's child process.
+from PositionRegressionADLib.process import kill_windows_process_tree, popen_options
 from ppr.errors import PPRError
 
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
@@ -175,7 +177,7 @@ class TrainingRun:
         self._process = subprocess.Popen(
             self.command, env=dict(env) if env is not None else None, cwd=cwd,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1, **_own_process_group(),
+            text=True, encoding="utf-8", errors="replace", bufsize=1, **popen_options(own_process_group=True),
         )
         self._readers = [
             threading.Thread(target=self._read, args=(name, stream), daemon=True)
@@ -225,7 +227,7 @@ class TrainingRun:
         """End the child and every process it started; the outcome then says ``stopped``."""
         self._stopped = True
         if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.pid)], capture_output=True, check=False)
+            kill_windows_process_tree(self.pid)
             return
         _signal_group(self.pid, signal.SIGTERM)
         try:
@@ -274,12 +276,6 @@ class TrainingRun:
         if tail:
             return f"Training failed (exit code {returncode}):\n" + "\n".join(tail)
         return f"Training failed (exit code {returncode}) without a message."
-
-
-def _own_process_group() -> dict[str, Any]:
-    if os.name == "nt":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    return {"start_new_session": True}
 
 
 def _signal_group(pid: int, signal_number: int) -> None:

@@ -42,6 +42,7 @@ import slicer
 from PositionRegressionADLib.process import ChildProcess, DetectionProcess, ProcessLauncher, ProcessOutcome, Progress
 from PositionRegressionADLib.report import DetectionReport
 from PositionRegressionADLib.results import (
+    ROLE_ATTRIBUTE,
     DetectionResults,
     ResultDisplayOptions,
     add_results_to_scene,
@@ -236,6 +237,17 @@ class DetectionLogic:
     def results(self, input_volume: slicer.vtkMRMLNode) -> DetectionResults | None:
         """The input's results already in the scene (e.g. after loading a saved scene)."""
         return find_results(self.scene, input_volume)
+
+
+def first_input_volume(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLScalarVolumeNode | None:
+    """The first volume of the scene that can be a CT to examine: not a label map, not a result of ours
+    (error map, z-map), so a panel's first pick is never one of those."""
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if (node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+                and not node.GetAttribute(ROLE_ATTRIBUTE)):
+            return node
+    return None
 
 
 def _check_input(scene: slicer.vtkMRMLScene, volume: slicer.vtkMRMLNode | None) -> None:

@@ -25,7 +25,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -113,7 +112,7 @@ class ChildProcess:
         self._popen = subprocess.Popen(
             list(command), env=dict(env), cwd=str(cwd) if cwd else None,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1, **_new_process_group())
+            text=True, encoding="utf-8", errors="replace", bufsize=1, **popen_options(own_process_group=True))
         self._readers = [
             threading.Thread(target=self._read_stdout, args=(self._popen.stdout,), daemon=True),
             threading.Thread(target=self._read_stderr, args=(self._popen.stderr,), daemon=True),
@@ -158,18 +157,44 @@ class ChildProcess:
                               stderr="\n".join(self._stderr_lines), cancelled=self._cancelled)
 
 
-def _new_process_group() -> dict:
-    # A group of its own lets cancel reach the workers torch or the child may have started.
-    if sys.platform == "win32":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    return {"start_new_session": True}
+# Win32 values, named here because ``subprocess`` defines them only on Windows.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
+
+
+def popen_options(own_process_group: bool) -> dict:
+    """``subprocess`` keyword arguments for a child the GUI starts without a console window.
+
+    own_process_group: a long job (the detector, the trainer) in a group of its own, so cancel
+        reaches the workers it or torch started; False for a short tool (taskkill, nvidia-smi).
+
+    On Windows PythonSlicer.exe, taskkill and nvidia-smi are console programs: started plainly from
+    Slicer (a GUI program) each opens a console window, and closing that window kills the job. As
+    Slicer's ``slicer.util.launchConsoleProcess`` does, the console is created hidden
+    (STARTUPINFO with SW_HIDE), so what PythonSlicer starts in turn (python-real.exe) shares that hidden
+    console instead of opening its own. A short tool starts no console at all (CREATE_NO_WINDOW).
+    """
+    if os.name != "nt":
+        return {"start_new_session": True} if own_process_group else {}
+    startupinfo = subprocess.STARTUPINFO()
+    startupinfo.dwFlags |= STARTF_USESHOWWINDOW
+    startupinfo.wShowWindow = SW_HIDE
+    flags = CREATE_NEW_PROCESS_GROUP if own_process_group else CREATE_NO_WINDOW
+    return {"startupinfo": startupinfo, "creationflags": flags}
+
+
+def kill_windows_process_tree(pid: int) -> None:
+    """taskkill /T, the only stock way to reach a Windows process tree, without a console window."""
+    subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False,
+                   **popen_options(own_process_group=False))
 
 
 def _kill_process_group(popen: subprocess.Popen, grace_seconds: float) -> None:
     """Terminate the child's group, then kill what is left after ``grace_seconds``."""
-    if sys.platform == "win32":
-        # taskkill /T is the only stock way to reach a Windows process tree.
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(popen.pid)], capture_output=True, check=False)
+    if os.name == "nt":
+        kill_windows_process_tree(popen.pid)
         popen.wait()
         return
     group = popen.pid  # start_new_session made the child the leader of its own group
