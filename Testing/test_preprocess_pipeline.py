@@ -9,9 +9,9 @@ import SimpleITK as sitk
 from ppr.config import PreprocessConfig
 from ppr.geometry import IDENTITY_DIRECTION, Grid, isotropic_grid, resample_isotropic
 from ppr.imageio import read_image, write_image
-from ppr.intensity import normalize
+from ppr.intensity import EqualisationCurve, normalize
 from ppr.masks import head_mask
-from ppr.preprocess import prepare_reference, to_input_space, to_model_space
+from ppr.preprocess import intensity_anchor, prepare_reference, to_input_space, to_model_space
 from synthetic_heads import make_head_to_physical, oblique_direction, synthetic_head
 
 CONFIG = PreprocessConfig(size=80, spacing_mm=2.5)
@@ -30,7 +30,7 @@ def reference(head) -> sitk.Image:
     return prepare_reference(head, CONFIG)
 
 
-def test_reference_is_on_the_model_grid_centred_on_the_head_keeping_hu(head, reference):
+def test_reference_is_on_the_model_grid_centred_on_the_head_in_windowed_hu(head, reference):
     grid = Grid.of(reference)
     assert grid.size == (80, 80, 80)
     assert grid.spacing == (2.5, 2.5, 2.5)
@@ -40,11 +40,12 @@ def test_reference_is_on_the_model_grid_centred_on_the_head_keeping_hu(head, ref
     statistics = sitk.LabelShapeStatisticsImageFilter()
     statistics.Execute(head_mask(reference, CONFIG.window_hu))
     assert np.linalg.norm(np.subtract(statistics.GetCentroid(1), grid.center_mm())) < 2.5
-    # HU are kept: brain (28-40 HU) in the middle of the head, air (-1000) in the corner.
+    # HU clipped to the window: brain (28-40 HU) in the middle of the head, air at the window's floor.
     values = sitk.GetArrayViewFromImage(reference)
     brain_point = reference.TransformPhysicalPointToIndex(head.TransformIndexToPhysicalPoint((45, 45, 18)))
     assert 20.0 < values[brain_point[::-1]] < 45.0
-    assert values[0, 0, 0] == pytest.approx(-1024.0, abs=1.0)
+    assert values[0, 0, 0] == pytest.approx(CONFIG.window_hu[0])
+    assert values.max() <= CONFIG.window_hu[1]
 
 
 def test_model_space_volume_is_normalised_masked_and_timed(head, reference):
@@ -61,8 +62,13 @@ def test_model_space_volume_is_normalised_masked_and_timed(head, reference):
     inside = sitk.GetArrayViewFromImage(result.head_mask).astype(bool)
     assert volume.min() >= 0.0 and volume.max() <= 1.0
     assert np.all(volume[~inside] == 0.0)
-    # Equalised over the head: its values spread over [0, 1] with the median near the middle.
-    assert 0.35 < np.median(volume[inside]) < 0.65
+    # Equalised with the reference head's curve: the moved head (same anatomy) reads as the
+    # reference does under it, and its brain needed almost no shift.
+    anchor = intensity_anchor(reference, CONFIG)
+    reference_head = sitk.GetArrayViewFromImage(head_mask(reference, CONFIG.window_hu)).astype(bool)
+    reference_median = np.median(anchor.curve.apply(sitk.GetArrayViewFromImage(reference)[reference_head]))
+    assert np.median(volume[inside]) == pytest.approx(reference_median, abs=0.1)
+    assert abs(result.brain_shift_hu) < 2.0
     # The head mask is about the head's volume (analytic scalp ellipsoid 72 x 90 x 80 mm: 2.17 l,
     # plus the part of neck and face in the grid).
     head_ml = inside.sum() * CONFIG.spacing_mm**3 / 1000.0
@@ -102,10 +108,28 @@ def test_equalisation_flattens_the_head_histogram():
     values = np.concatenate([rng.normal(30, 5, 20000), rng.normal(90, 3, 5000)]).astype(np.float32)
     image = sitk.GetImageFromArray(values.reshape(25, 40, 25))
     mask = sitk.GetImageFromArray(np.ones((25, 40, 25), dtype=np.uint8))
-    out = sitk.GetArrayFromImage(normalize(image, mask, PreprocessConfig())).ravel()
+    out = sitk.GetArrayFromImage(normalize(image, mask, PreprocessConfig(equalize_over="scan"))).ravel()
     # A uniform distribution on [0, 1]: every decile holds about a tenth of the voxels.
     counts, _ = np.histogram(out, bins=10, range=(0.0, 1.0))
     assert counts.min() > 0.07 * out.size and counts.max() < 0.13 * out.size
+
+
+def test_reference_curve_is_the_same_for_every_scan_and_the_brain_shift_is_applied_before_it():
+    rng = np.random.default_rng(4)
+    reference_values = np.concatenate([rng.normal(35, 5, 20000), rng.normal(95, 3, 5000)]).astype(np.float32)
+    curve = EqualisationCurve.of(reference_values)
+    # A scan with half the brain of the reference (a cut field of view) and 12 HU darker.
+    scan = np.concatenate([rng.normal(23, 5, 10000), rng.normal(95, 3, 5000)]).astype(np.float32)
+    image = sitk.GetImageFromArray(scan.reshape(15, 40, 25))
+    mask = sitk.GetImageFromArray(np.ones((15, 40, 25), dtype=np.uint8))
+    out = sitk.GetArrayFromImage(normalize(image, mask, CONFIG, curve, shift_hu=12.0)).ravel()
+    # Its brain lands where the reference's brain lands under the same curve, not where its own
+    # histogram would put it.
+    assert np.median(out[:10000]) == pytest.approx(np.median(curve.apply(reference_values[:20000])), abs=0.03)
+    own = sitk.GetArrayFromImage(normalize(image, mask, PreprocessConfig(size=80, spacing_mm=2.5, equalize_over="scan"))).ravel()
+    assert abs(np.median(own[:10000]) - np.median(out[:10000])) > 0.05
+    with pytest.raises(ValueError, match="curve"):
+        normalize(image, mask, CONFIG)
 
 
 def test_isotropic_resampling_keeps_the_box_and_physical_positions():

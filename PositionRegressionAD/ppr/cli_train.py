@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="intensity window in HU")
     parser.add_argument("--prewindowed", action="store_true",
                         help="the data was exported in the window already (air and bone saturate)")
+    parser.add_argument("--augment", action="store_true",
+                        help="dense PPR: show each crop as another scanner would (sharpness, gain, offset, noise, "
+                             "field of view); the validation loss is measured without it")
+    parser.add_argument("--init-from", type=Path, metavar="BUNDLE",
+                        help="start from this bundle's network weights (fine-tuning; same m and patch size)")
     parser.add_argument("--cache", type=Path, help="folder of preprocessed volumes and the checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in the cache")
     parser.add_argument("--seed", type=int, default=TRAINING.seed)
@@ -81,11 +86,12 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(steps=args.steps, max_minutes=max_minutes, batch=args.batch, m=args.m,
                              mode=args.mode, crop=args.crop, crops=args.crops, lr=args.lr,
                              val_every=args.val_every, seed=args.seed, device=args.device, method=args.method,
-                             volumes_per_step=args.volumes_per_step, ae_loss=args.ae_loss)
+                             volumes_per_step=args.volumes_per_step, ae_loss=args.ae_loss, augment=args.augment)
     except ValueError as error:
         raise PPRError(f"{error}: check the training options (python -m ppr train --help).") from None
     path, result = train_bundle(args.images, args.out, preprocess, config, args.reference, args.val,
-                                args.cache, args.resume, _progress if args.progress else None)
+                                args.cache, args.resume, _progress if args.progress else None,
+                                init_from=args.init_from)
     report = {"bundle": str(path), "steps": result.steps, "seconds": round(result.seconds, 1),
               "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
               "initial_val_loss": result.initial_val_loss,

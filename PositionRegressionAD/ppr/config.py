@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
+EQUALIZE_OVER = ("reference", "scan")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a head CT is brought into model space.
@@ -15,7 +18,12 @@ class PreprocessConfig:
     size: the model grid is ``size`` voxels along each axis (paper: 256).
     spacing_mm: isotropic voxel size of the model grid (paper: 1 mm).
     window_hu: intensities are clipped to [lo, hi] before normalisation.
-    equalize: histogram-equalise the head foreground after windowing.
+    equalize: histogram-equalise the head foreground after windowing (else map the window linearly).
+    equalize_over: whose histogram gives the equalisation curve: "reference" (the reference head's,
+        one curve for every scan, so the result does not depend on a scan's field of view or noise)
+        or "scan" (each scan's own; the only way before, so a bundle's JSON without this key means it).
+    anchor_brain: shift each scan's HU so that its brain's median matches the reference brain's
+        (scanners differ by up to 15 HU on brain tissue); a bundle's JSON without this key: off.
     prewindowed: the data was exported in a window already (air and bone saturate), so the
         "does this look like CT" intensity check is relaxed to the window itself.
     min_registration_metric: a registration whose quality figure (negated Mattes mutual
@@ -30,6 +38,8 @@ class PreprocessConfig:
     spacing_mm: float = 1.0
     window_hu: tuple[float, float] = (-20.0, 100.0)
     equalize: bool = True
+    equalize_over: str = "reference"
+    anchor_brain: bool = True
     prewindowed: bool = False
     min_registration_metric: float = 0.25
 
@@ -39,6 +49,8 @@ class PreprocessConfig:
             raise ValueError(f"size must be at least 32 voxels, got {self.size}")
         if self.spacing_mm <= 0:
             raise ValueError(f"spacing_mm must be positive, got {self.spacing_mm}")
+        if self.equalize_over not in EQUALIZE_OVER:
+            raise ValueError(f"equalize_over must be one of {EQUALIZE_OVER}, got {self.equalize_over!r}")
         lo, hi = self.window_hu
         if not lo < hi:
             raise ValueError(f"window_hu must satisfy lo < hi, got {self.window_hu}")
@@ -59,7 +71,8 @@ class PreprocessConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocessing settings: {sorted(unknown)}")
-        return cls(**data)
+        # Bundles written before "equalize_over" existed equalised over each scan's own histogram.
+        return cls(**{"equalize_over": "scan", "anchor_brain": False, **data})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

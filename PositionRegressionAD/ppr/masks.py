@@ -22,8 +22,6 @@ from ppr.config import PreprocessConfig
 HEAD_THRESHOLD_FRACTION = 0.05
 # Bone saturates at the top of the window; partial volume at a 2 mm reasoning grid takes a little off.
 BONE_THRESHOLD_FRACTION = 0.9
-# In true HU a voxel at 10% cortical bone (~1000 HU) already reads 130 HU: ask for about 30% bone.
-TRUE_HU_BONE = 400.0
 # Intracranial voxels see bone in (almost) every direction; the face, neck and scalp see air on one side.
 MIN_ENCLOSURE = 0.9
 # Brain tissue (20-45 HU) lies well below this fraction of the window (64 HU for [-20, 100]).
@@ -84,11 +82,10 @@ class MidsagittalPlane:
 
 
 def bone_threshold_hu(config: PreprocessConfig) -> float:
-    """Bone: near the top of the window in pre-windowed data (bone saturates there); in true HU,
-    at least TRUE_HU_BONE, so a voxel needs a fair share of bone (partial volume) to count."""
+    """Bone: near the top of the window, where bone saturates (every scan is clipped to the window
+    before any mask is made, whether it came in full HU or as a windowed export)."""
     lo, hi = config.window_hu
-    in_window = lo + BONE_THRESHOLD_FRACTION * (hi - lo)
-    return in_window if config.prewindowed else max(in_window, TRUE_HU_BONE)
+    return lo + BONE_THRESHOLD_FRACTION * (hi - lo)
 
 
 def region_masks(reference: sitk.Image, config: PreprocessConfig) -> dict[str, np.ndarray]:

@@ -37,17 +37,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from ppr.augmentation import ScannerAugmentation, apply_curve, augment_hu, curve_on_device, fov_cut_index
 from ppr.autoencoder import LEVELS, AutoEncoder3D, check_grid, reconstruction_loss
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
 from ppr.inference import autocast_context, resolve_device
+from ppr.intensity import EqualisationCurve
 from ppr.network import PPRNet, normalised_positions, position_loss
 
 ProgressFn = Callable[[float, str], None]
 MODES = ("sampled", "dense")
 METHODS = ("ppr", "ae")
 AE_LOSSES = ("head", "volume")
-CACHE_FORMAT = 1
+# 2: volumes carry their anchored HU (for augmentation) and the preprocessing anchors the brain.
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class TrainConfig:
         the anomaly map is only read inside the head and the background, most of the grid and
         trivially 0, would otherwise dominate the mean and reward a blurry head; "volume": over
         the whole grid, as Baur et al. trained on whole images.
+    augment: dense PPR training sees each crop as another scanner would show it
+        (``ppr.augmentation``: sharpness, gain, offset, noise, field of view); validation does not.
     """
 
     steps: int | None = None
@@ -92,6 +97,7 @@ class TrainConfig:
     method: str = "ppr"
     volumes_per_step: int = 4
     ae_loss: str = "head"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_minutes is None:
@@ -110,13 +116,15 @@ class TrainConfig:
             raise ValueError(f"volumes_per_step must be at least 1, got {self.volumes_per_step}")
         if self.ae_loss not in AE_LOSSES:
             raise ValueError(f"ae_loss must be one of {AE_LOSSES}, got {self.ae_loss!r}")
+        if self.augment and (self.method != "ppr" or self.mode != "dense"):
+            raise ValueError("augment is implemented for dense PPR training (method ppr, mode dense)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return cls(**data)
+        return cls(**{"augment": False, **data})
 
     @property
     def rate_unit(self) -> str:
@@ -133,11 +141,25 @@ def new_network(config: TrainConfig) -> nn.Module:
 
 @dataclass(frozen=True)
 class TrainingVolume:
-    """One preprocessed scan: intensities in [0, 1] and its head mask on the model grid."""
+    """One preprocessed scan: intensities in [0, 1] and its head mask on the model grid, and the
+    windowed HU after the brain anchor that the intensities were mapped from (for augmentation)."""
 
     name: str
     volume: np.ndarray
     head_mask: np.ndarray
+    anchored_hu: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class AugmentationContext:
+    """What augmentation needs beside the volumes: the ranges, the reference's curve, the window,
+    the reference brain's median (the centre of gains) and the model grid's spacing."""
+
+    augmentation: ScannerAugmentation
+    curve: EqualisationCurve
+    window_hu: tuple[float, float]
+    centre_hu: float
+    spacing_mm: float
 
 
 @dataclass
@@ -195,19 +217,22 @@ def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessCo
     if cached.is_file():
         try:
             with np.load(cached, allow_pickle=False) as data:
-                return TrainingVolume(case_name(path), data["volume"], data["head_mask"].astype(bool))
+                return TrainingVolume(case_name(path), data["volume"], data["head_mask"].astype(bool),
+                                      data["anchored_hu"])
         except (OSError, ValueError, KeyError, EOFError):
             cached.unlink(missing_ok=True)  # a cache file cut short by an interrupted run
     result = to_model_space(path, reference, config)
     volume = sitk.GetArrayFromImage(result.volume).astype(np.float32)
     head = sitk.GetArrayFromImage(result.head_mask) > 0
+    anchored = np.clip(sitk.GetArrayFromImage(result.windowed_hu) + np.float32(result.brain_shift_hu),
+                       *config.window_hu).astype(np.float32)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.partial")
     with open(partial, "wb") as handle:
-        np.savez(handle, volume=volume, head_mask=head.astype(np.uint8),
-                 metric=np.float64(result.registration.metric))
+        np.savez(handle, volume=volume, head_mask=head.astype(np.uint8), anchored_hu=anchored,
+                 metric=np.float64(result.registration.metric), brain_shift_hu=np.float64(result.brain_shift_hu))
     partial.replace(cached)
-    return TrainingVolume(case_name(path), volume, head)
+    return TrainingVolume(case_name(path), volume, head, anchored)
 
 
 def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
@@ -239,7 +264,8 @@ class _PaddedVolume:
     the CPU and copying them over was what held the paper's sampled mode to ~10k patches/s.
     """
 
-    def __init__(self, volume: TrainingVolume, half: int, device: torch.device = torch.device("cpu")):
+    def __init__(self, volume: TrainingVolume, half: int, device: torch.device = torch.device("cpu"),
+                 augmentation: AugmentationContext | None = None):
         if not volume.head_mask.any():
             raise PPRError(f"The scan {volume.name} has an empty head mask in model space: it cannot be "
                            "used for training. Check that it is a head CT.")
@@ -248,6 +274,17 @@ class _PaddedVolume:
         self.padded = torch.from_numpy(np.pad(volume.volume.astype(np.float32), half)).to(device)
         self.head_mask = volume.head_mask
         self.head_indices = np.flatnonzero(volume.head_mask)
+        self.head_top_index = int(np.nonzero(volume.head_mask.any(axis=(1, 2)))[0].max())
+        self.augmentation = augmentation
+        if augmentation is not None:
+            if volume.anchored_hu is None:
+                raise PPRError(f"The scan {volume.name} has no HU volume to augment: preprocess it again "
+                               "(delete its cached volume) or train without augmentation.")
+            lo = float(augmentation.window_hu[0])
+            self.padded_hu = torch.from_numpy(np.pad(volume.anchored_hu.astype(np.float32), half,
+                                                     constant_values=lo)).to(device)
+            self.padded_head = torch.from_numpy(np.pad(volume.head_mask.astype(np.float32), half)).to(device)
+            self.curve = curve_on_device(augmentation.curve, device)
 
 
 def sample_centres(volume: _PaddedVolume, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -288,6 +325,9 @@ def dense_crop(volume: _PaddedVolume, crop: int, size: int,
     starts = [int(np.clip(c - crop // 2, 0, max(n - crop, 0))) for c, n in zip(centre, volume.shape)]
     reads = tuple(slice(s, s + crop + size - 1) for s in starts)
     block = volume.padded[reads]
+    cut = None
+    if volume.augmentation is not None:
+        block, cut = _augmented_block(volume, reads, starts[0] - size // 2, rng)
     # Near the far edge of a small grid the read can be short: pad with background.
     missing = [crop + size - 1 - n for n in block.shape]
     if any(missing):
@@ -297,9 +337,26 @@ def dense_crop(volume: _PaddedVolume, crop: int, size: int,
     inside = np.all(grid < np.asarray(volume.shape)[:, None, None, None], axis=0)
     clipped = np.minimum(grid, (np.asarray(volume.shape) - 1)[:, None, None, None])
     weights = volume.head_mask[tuple(clipped)] & inside
+    if cut is not None:
+        weights &= grid[0] >= cut  # centres outside the field of view teach nothing
     sizes = torch.tensor(volume.shape, dtype=torch.float32)[:, None, None, None]
     targets = (torch.from_numpy(grid).float() + 0.5) / sizes
     return block[None, None], targets[None], torch.from_numpy(weights)[None]
+
+
+def _augmented_block(volume: _PaddedVolume, reads: tuple[slice, ...], first_z: int,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, int | None]:
+    """The crop as another scanner would show it, and the field of view cut (z index) or None.
+
+    first_z: the model-grid z index of the block's first slice (negative inside the padding)."""
+    context = volume.augmentation
+    hu = augment_hu(volume.padded_hu[reads], context.augmentation, context.window_hu, context.centre_hu, rng)
+    block = apply_curve(hu, volume.curve) * volume.padded_head[reads]
+    cut = fov_cut_index(volume.head_top_index, context.spacing_mm, context.augmentation, rng)
+    if cut is not None and cut > first_z:
+        block = block.clone()
+        block[: cut - first_z] = 0.0
+    return block, cut
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,14 +533,19 @@ def _step_loss(net: PPRNet, volumes: Sequence[_PaddedVolume], config: TrainConfi
 def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
           validation: Sequence[TrainingVolume] = (), checkpoint: Path | None = None,
           resume: bool = False, progress: ProgressFn | None = None,
-          network: nn.Module | None = None) -> TrainingResult:
+          network: nn.Module | None = None,
+          augmentation: AugmentationContext | None = None) -> TrainingResult:
     """Train a network (PPR, or the autoencoder with ``config.method == "ae"``) on model-space
     volumes; returns it with its per-step log.
 
     The log has one record per step: step (from 1), loss, seconds (of training steps so far,
     validation excluded) and, every ``val_every`` steps and at the end, val_loss (None without
-    validation volumes).
+    validation volumes). ``augmentation`` is required when ``config.augment`` is set (training
+    crops only; the validation loss is measured on the volumes as they are). ``network``: start
+    from these weights (fine-tuning) instead of a new network.
     """
+    if config.augment and augmentation is None:
+        raise ValueError("config.augment needs the augmentation context (the reference's curve and window)")
     if not volumes:
         raise PPRError("No training scans were given: train on at least one healthy head CT.")
     device = resolve_device(config.device)
@@ -503,7 +565,7 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
             return _ae_validation_loss(net, whole_validation, config, device)
     else:
         half = net.patch_size // 2
-        padded = [_PaddedVolume(v, half, device) for v in volumes]
+        padded = [_PaddedVolume(v, half, device, augmentation if config.augment else None) for v in volumes]
         validation_set = ValidationSet.sample([_PaddedVolume(v, half, device) for v in validation],
                                               config.val_patches, config.seed)
 
@@ -620,11 +682,13 @@ def write_training_log(path: Path, result_log: list[dict[str, Any]], config: Tra
 def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig, config: TrainConfig,
                  reference_image: Path | None = None, validation_images: Sequence[Path] = (),
                  cache_dir: Path | None = None, resume: bool = False,
-                 progress: ProgressFn | None = None) -> tuple[Path, TrainingResult]:
+                 progress: ProgressFn | None = None,
+                 init_from: Path | None = None) -> tuple[Path, TrainingResult]:
     """Preprocess (cached), train, and write the model bundle with its training_log.json.
 
-    The reference is ``reference_image`` or else the first training image. Progress: 0-0.1
-    preprocessing, 0.1-0.98 training, then saving.
+    The reference is ``reference_image`` or else the first training image. ``init_from``: a model
+    bundle whose network weights training starts from (fine-tuning; same method, m and patch size).
+    Progress: 0-0.1 preprocessing, 0.1-0.98 training, then saving.
     """
     from ppr.bundle import save_bundle
     from ppr.imageio import read_image
@@ -645,7 +709,9 @@ def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig
                                lambda f, m: report(0.1 * f, m))
     volumes, validation = prepared[:len(images)], prepared[len(images):]
     result = train(volumes, config, validation, checkpoint=cache_dir / "checkpoint.pt", resume=resume,
-                   progress=lambda f, m: report(0.1 + 0.88 * f, m))
+                   progress=lambda f, m: report(0.1 + 0.88 * f, m),
+                   network=None if init_from is None else _initial_network(Path(init_from), config),
+                   augmentation=augmentation_context(reference, preprocess) if config.augment else None)
     report(0.98, "writing the model bundle")
     cases = [v.name for v in volumes]
     validation_cases = [v.name for v in validation]
@@ -658,7 +724,33 @@ def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig
         "initial_val_loss": result.initial_val_loss,
         f"{config.rate_unit}_per_second": round(result.patches_per_second, 3 if config.method == "ae" else 1),
         "device": result.device, "method": config.method, "config": config.to_dict(),
+        "initialised_from": None if init_from is None else Path(init_from).name,
     }
     path = save_bundle(out, result.network, preprocess, reference, summary, {TRAINING_LOG: log_path})
     report(1.0, f"model bundle written to {path}")
     return path, result
+
+
+def augmentation_context(reference: "sitk.Image", preprocess: PreprocessConfig,  # noqa: F821
+                         augmentation: ScannerAugmentation = ScannerAugmentation()) -> AugmentationContext:
+    """The reference's curve and brain median, for augmenting crops in HU (``ppr.augmentation``)."""
+    from ppr.preprocess import intensity_anchor
+
+    anchor = intensity_anchor(reference, preprocess)
+    centre = anchor.brain_median_hu if anchor.brain_median_hu is not None else float(np.mean(preprocess.window_hu))
+    return AugmentationContext(augmentation, anchor.curve, preprocess.window_hu, centre, preprocess.spacing_mm)
+
+
+def _initial_network(bundle_path: Path, config: TrainConfig) -> nn.Module:
+    """The network of a bundle, to fine-tune: it must be what ``config`` would train."""
+    from ppr.bundle import load_bundle
+
+    network = load_bundle(bundle_path).network
+    expected = new_network(config)
+    if type(network) is not type(expected) or network.state_dict().keys() != expected.state_dict().keys() or any(
+        network.state_dict()[k].shape != v.shape for k, v in expected.state_dict().items()
+    ):
+        raise PPRError(f"The bundle {bundle_path} holds another network than this training builds "
+                       f"(method {config.method}, m {config.m}, patch size {config.patch_size}): "
+                       "fine-tune with the bundle's own settings.")
+    return network
