@@ -103,15 +103,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _exit(code: int) -> None:
-    slicer = sys.modules.get("slicer")
-    if getattr(slicer, "app", None) is not None:
-        # Inside the Slicer application the code must become the application's exit status.
-        slicer.util.exit(code)
-    else:
-        sys.exit(code)
-
-
 if __name__ == "__main__":
     _make_packages_importable(Path(globals().get("__file__") or sys.argv[0]))
-    _exit(main(_script_arguments(sys.argv)))
+    from PositionRegressionADLib.script_exit import run_and_exit
+
+    # Always ends, with the training's exit code: a --no-main-window Slicer must not outlive an error.
+    run_and_exit(main, _script_arguments(sys.argv))

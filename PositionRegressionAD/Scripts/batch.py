@@ -10,21 +10,17 @@ import sys
 from pathlib import Path
 
 
-def _main() -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this module's Lib and ppr
+def _main(argv: list) -> int:
     from PositionRegressionADLib.batch import main
 
-    argv = sys.argv[1:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     return main(argv)
 
 
 if __name__ == "__main__":
-    code = _main()
-    try:
-        import slicer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this module's Lib and ppr
+    from PositionRegressionADLib.script_exit import run_and_exit
 
-        slicer.util.exit(code)  # inside Slicer: close the application with the batch's exit code
-    except (ImportError, AttributeError):
-        sys.exit(code)
+    # Always ends, with the batch's exit code: a --no-main-window Slicer must not outlive an error.
+    run_and_exit(_main, sys.argv[1:])
