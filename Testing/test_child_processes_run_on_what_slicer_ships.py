@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ def allowed_distributions() -> set[str]:
 
 
 def allowed_top_level_modules(distributions: set[str]) -> set[str]:
-    modules = {"ppr", "sitecustomize"}
+    modules = {"ppr", "PositionRegressionADLib", "sitecustomize"}  # ours; its MRML parts need slicer, blocked
     for module, owners in importlib.metadata.packages_distributions().items():
         if any(_normalise(owner) in distributions for owner in owners):
             modules.add(module)
@@ -185,6 +186,18 @@ def test_the_restricted_python_refuses_what_slicer_lacks_and_keeps_what_it_has(s
     assert found == {"skimage": False, "sklearn": False, "matplotlib": False, "vtk": False, "slicer": False,
                      "numpy": True, "torch": True, "error": "No module named 'skimage'", "metadata": ["pydicom"]}
     assert not [line for line in blocked_log(slicer_like_env) if line.startswith("preloaded")]
+
+
+def test_the_device_probe_child_runs_with_only_what_slicer_ships(slicer_like_env):
+    from PositionRegressionADLib.detection_logic import child_environment
+    from PositionRegressionADLib.devices import DeviceProbe
+
+    probe = DeviceProbe([sys.executable], restricted(child_environment(), slicer_like_env))
+    deadline = time.monotonic() + 240
+    while (line := probe.poll()) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert line.startswith(("No CUDA GPU found", "GPU: ")), line
 
 
 def small_copy(source: Path, target: Path) -> Path:
