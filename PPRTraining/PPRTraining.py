@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shlex
+import sys
 from pathlib import Path
 
 from PositionRegressionADLib.run_state import TRAINING_WORDS, RunState, shown_then_recorded
 from PPRTrainingLib.logic import PPRTrainingLogic  # noqa: F401  (the module's logic, also for batch use)
 
-try:
+if getattr(sys.modules.get("slicer"), "app", None) is not None:
+    # Inside the Slicer application (it imports slicer before any module file). No try/except: an
+    # import failing here is a real error and must be reported as itself, not as a missing class.
     import ctk
     import qt
     import slicer
@@ -25,7 +28,7 @@ try:
         ScriptedLoadableModuleTest,
         ScriptedLoadableModuleWidget,
     )
-except ImportError:
+else:
     # Plain Python, PythonSlicer or slicer-core: no application, so no module or widget either.
     ScriptedLoadableModule = None
 
@@ -35,7 +38,8 @@ healthy scans (NIfTI, NRRD, MetaImage or DICOM series sub-folders; files named *
 are skipped), optionally a folder of other healthy scans for the validation loss, and the folder of
 the new model bundle. Training runs in the background; Stop ends it. When it ends, loss curves and a
 summary are written next to the bundle. The same training runs without the GUI with
-<code>Slicer --no-main-window --python-script Scripts/train.py -- --data DIR --out BUNDLE</code>.
+<code>Slicer --no-main-window --python-script &lt;this module's folder&gt;/Scripts/train.py -- --data DIR --out BUNDLE</code>.
+<a href="https://github.com/PositionRegressionAD/SlicerPositionRegressionAD#training-a-model">Documentation</a>.
 """
 
 _ACKNOWLEDGEMENT = """Method: F. Bieder, J. Wolleb, R. Sandkuehler, P. C. Cattin, "Position Regression for

@@ -8,6 +8,7 @@ a QTimer so Slicer stays responsive, and shows the results. This file holds no d
 """
 
 import pathlib
+import sys
 import tempfile
 from typing import Annotated
 
@@ -22,7 +23,10 @@ from PositionRegressionADLib.detection_logic import (
 )
 from PositionRegressionADLib.run_state import DETECTION_WORDS, RunState, shown_then_recorded
 
-try:
+if getattr(sys.modules.get("slicer"), "app", None) is not None:
+    # Inside the Slicer application (it imports slicer before any module file). No try/except: an
+    # import failing here is a real error (a Slicer older than 5.4 has no parameterNodeWrapper) and
+    # must be reported as itself, not as a module that silently has no classes.
     import qt
     import slicer
     import vtk
@@ -34,7 +38,7 @@ try:
         ScriptedLoadableModuleWidget,
     )
     from slicer.util import VTKObservationMixin
-except ImportError:
+else:
     # Plain Python, PythonSlicer or slicer-core: no application, so no module or widget either.
     ScriptedLoadableModule = None
 
@@ -44,8 +48,9 @@ Choose the CT and click <b>Detect anomalies</b>. A network trained on healthy he
 each small patch of the scan sits in the head; where it cannot, the <i>position error</i> is high.
 The error map is shown over the slices (only error above the threshold), on the skull surface, as
 per-region scores and as <i>anomaly candidates</i> to review in the Segment Editor. It is a research
-tool, not a diagnosis. Many scans at once:
-<code>python -m PositionRegressionADLib.batch --input FOLDER --output FOLDER</code>.
+tool, not a diagnosis. Many scans at once, without the main window:
+<code>Slicer --no-main-window --python-script &lt;this module's folder&gt;/Scripts/batch.py -- --input FOLDER
+--output FOLDER</code>. <a href="https://github.com/PositionRegressionAD/SlicerPositionRegressionAD#readme">Documentation</a>.
 """
 
 _ACKNOWLEDGEMENT = """Method: F. Bieder, J. Wolleb, R. Sandkuehler, P. C. Cattin, "Position Regression for

@@ -11,7 +11,8 @@ application has is stood in for here, as plainly as possible:
   so ``ModifiedEvent`` observers fire as in Slicer; ``connectGui`` / ``disconnectGui`` count links.
 - ``slicer.util.tryWithErrorDisplay``: Slicer's behaviour (every tag since 5.0.3): shows the error
   (recorded in ``shown``), then re-raises it. ``errorDisplay`` / ``confirmOkCancelDisplay`` are recorded.
-- ``slicer.app`` (processEvents, temporaryPath), ``slicer.modules.markups.logic()`` (slice jumps recorded).
+- ``slicer.app`` (processEvents, temporaryPath), ``slicer.modules.markups.logic()`` (slice jumps recorded),
+  and ``PythonSlicer`` on PATH (this Python), as Slicer puts its own there.
 
 A test then calls the widget's slots (``onDetectButton``, ``onTimer``, ``exit``, ``enter`` ...) and
 reads what the user would see. Nothing here is used by the product.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
 import types
 import unittest
@@ -192,9 +194,20 @@ def _ui_names(ui_file: Path) -> list[str]:
     return [widget.get("name") for widget in ElementTree.parse(ui_file).getroot().iter("widget")]
 
 
-def install_slicer_gui_stubs(monkeypatch, scene, module_dir: Path) -> GuiRecord:
-    """Put the stand-ins in place (undone by ``monkeypatch``); ``slicer.mrmlScene`` becomes ``scene``."""
+def python_slicer_on_path(monkeypatch, folder: Path) -> None:
+    """A ``PythonSlicer`` on PATH that is this Python, as Slicer puts its own on PATH."""
+    folder.mkdir(exist_ok=True)
+    script = folder / "PythonSlicer"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def install_slicer_gui_stubs(monkeypatch, scene, module_dir: Path, tmp_path: Path) -> GuiRecord:
+    """Put the stand-ins in place (undone by ``monkeypatch``); ``slicer.mrmlScene`` becomes ``scene``,
+    and a PythonSlicer (this Python) is on PATH in ``tmp_path/bin``."""
     record = GuiRecord()
+    python_slicer_on_path(monkeypatch, tmp_path / "bin")
     qt = types.ModuleType("qt")
     for name in ("QPushButton", "QLabel", "QLineEdit", "QDoubleSpinBox", "QProgressBar", "QFormLayout",
                  "QHBoxLayout", "QWidget"):

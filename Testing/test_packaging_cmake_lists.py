@@ -96,6 +96,9 @@ def test_sync_rewrites_both_lists_from_the_files_on_disk(sync: ModuleType, tmp_p
 
 FAKE_SLICER_CONFIG = r'''
 set(Slicer_FOUND TRUE)
+if(NOT DEFINED Slicer_VERSION)
+  set(Slicer_VERSION "5.12")  # a real find_package(Slicer) sets it from SlicerConfigVersion.cmake
+endif()
 set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
 set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/GenerateConfig.cmake")
 set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/CPack.cmake")
@@ -131,6 +134,13 @@ endforeach()
 
 
 def configure_against_fake_slicer(repo_root: Path, tmp_path: Path) -> list[str]:
+    result = run_cmake_against_fake_slicer(repo_root, tmp_path)
+    assert result.returncode == 0, f"CMake failed on the extension:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return (tmp_path / "build" / "recorded.txt").read_text().splitlines()
+
+
+def run_cmake_against_fake_slicer(repo_root: Path, tmp_path: Path, *cmake_args: str) -> subprocess.CompletedProcess:
+    """Configure the extension in ``tmp_path/build`` against a stand-in Slicer (``-DSlicer_VERSION=...``)."""
     cmake = shutil.which("cmake")
     if cmake is None:
         pytest.fail("cmake is not installed: scripts/setup-env installs it (apt package cmake)")
@@ -141,12 +151,10 @@ def configure_against_fake_slicer(repo_root: Path, tmp_path: Path) -> list[str]:
     (fake / "GenerateConfig.cmake").write_text(FAKE_GENERATE_CONFIG)
     (fake / "CPack.cmake").write_text('file(APPEND "${PPR_RECORD}" "CPACK\\n")\n')
     build = tmp_path / "build"
-    result = subprocess.run(
-        [cmake, "-S", str(repo_root), "-B", str(build), f"-DSlicer_DIR={fake}"],
+    return subprocess.run(
+        [cmake, "-S", str(repo_root), "-B", str(build), f"-DSlicer_DIR={fake}", *cmake_args],
         capture_output=True, text=True, timeout=180,
     )
-    assert result.returncode == 0, f"CMake failed on the extension:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return (build / "recorded.txt").read_text().splitlines()
 
 
 def test_cmake_configures_the_extension_and_installs_exactly_the_module_files(

@@ -35,7 +35,7 @@ print('{"steps": 3}')
 class TrainingPanel:
     def __init__(self, monkeypatch, tmp_path: Path) -> None:
         context = SceneContext.create(tmp_path / "cache")
-        self.record = install_slicer_gui_stubs(monkeypatch, context.scene, REPO_ROOT / "PPRTraining")
+        self.record = install_slicer_gui_stubs(monkeypatch, context.scene, REPO_ROOT / "PPRTraining", tmp_path)
         module = load_module_file(REPO_ROOT / "PPRTraining" / "PPRTraining.py", "PPRTraining_panel")
         self.widget = module.PPRTrainingWidget()
         self.widget.setup()

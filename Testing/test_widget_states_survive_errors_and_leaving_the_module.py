@@ -9,7 +9,6 @@ failed": the parameter node is kept, results land, and the panel shows them on r
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import types
@@ -42,21 +41,11 @@ class QuietProbe:
         pass
 
 
-def python_slicer_on_path(monkeypatch, folder: Path) -> None:
-    """A ``PythonSlicer`` on PATH that is this Python, as Slicer puts its own on PATH."""
-    folder.mkdir()
-    script = folder / "PythonSlicer"
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-
-
 class Panel:
     def __init__(self, monkeypatch, tmp_path: Path, probe=QuietProbe) -> None:
         self.context = SceneContext.create(tmp_path / "cache")
         self.scene = self.context.scene
-        self.record = install_slicer_gui_stubs(monkeypatch, self.scene, MODULE_DIR)
-        python_slicer_on_path(monkeypatch, tmp_path / "bin")
+        self.record = install_slicer_gui_stubs(monkeypatch, self.scene, MODULE_DIR, tmp_path)
         if probe is not None:
             monkeypatch.setattr(devices, "DeviceProbe", probe)
         self.volume = synthetic_head_node(self.scene)

@@ -175,38 +175,13 @@ def test_the_widgets_users_need_are_there(widget_name):
     assert widget_name in _ui_widgets()
 
 
-def _load_module_file_with_slicer_stubs(monkeypatch, scene):
+def _load_module_file_with_slicer_stubs(monkeypatch, scene, tmp_path):
     """Import PositionRegressionAD.py as Slicer would, with stand-ins for the pieces slicer-core lacks
-    (Qt, ScriptedLoadableModule, parameterNodeWrapper) and ``slicer.mrmlScene`` set to ``scene``."""
-    import sys
-    import types
-    import unittest
+    (the application, Qt, ScriptedLoadableModule, parameterNodeWrapper) and ``slicer.mrmlScene`` set to ``scene``."""
+    from slicer_gui_stubs import install_slicer_gui_stubs, load_module_file
 
-    import slicer
-
-    qt = types.ModuleType("qt")
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.Choice = lambda choices: ("Choice", tuple(choices))
-    wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=None):
-            pass
-
-    scripted.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
-    scripted.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {})
-    scripted.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
-    scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
-    for name, module in (("qt", qt), ("slicer.parameterNodeWrapper", wrapper),
-                         ("slicer.ScriptedLoadableModule", scripted)):
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    spec = importlib.util.spec_from_file_location("PositionRegressionAD_in_slicer", MODULE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    install_slicer_gui_stubs(monkeypatch, scene, MODULE_DIR, tmp_path)
+    return load_module_file(MODULE_FILE, "PositionRegressionAD_in_slicer")
 
 
 def test_the_module_self_test_passes_on_a_scene_like_slicers(monkeypatch, tmp_path):
@@ -215,7 +190,7 @@ def test_the_module_self_test_passes_on_a_scene_like_slicers(monkeypatch, tmp_pa
     from PositionRegressionADLib.scene_io import SceneContext
 
     context = SceneContext.create(tmp_path / "cache")
-    module = _load_module_file_with_slicer_stubs(monkeypatch, context.scene)
+    module = _load_module_file_with_slicer_stubs(monkeypatch, context.scene, tmp_path)
     for name in ("PositionRegressionAD", "PositionRegressionADWidget", "PositionRegressionADLogic",
                  "PositionRegressionADParameterNode"):
         assert hasattr(module, name), name

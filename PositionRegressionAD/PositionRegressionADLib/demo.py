@@ -27,13 +27,23 @@ from ppr.errors import PPRError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # One haemorrhage case of the CT-ICH dev data (PhysioNet, CC BY 4.0): see Resources/Sample/README.md.
+# It is in the source tree only: in an installed extension REPO_ROOT is lib/Slicer-X.Y, where nothing
+# is looked up or written (the output then goes to the current folder).
 SAMPLE_SCAN = REPO_ROOT / "Resources" / "Sample" / "ctich_051.nii.gz"
+
+
+def in_source_tree(root: Path = REPO_ROOT) -> bool:
+    return (root / "Resources" / "Sample").is_dir()
+
+
+def default_output_dir(root: Path = REPO_ROOT) -> Path:
+    return (root if in_source_tree(root) else Path.cwd()) / "demo-output"
 SCORE_COLUMNS = ("Left hemisphere", "Right hemisphere", "Skull", "Whole head")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m PositionRegressionADLib.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "demo-output")
+    parser.add_argument("--output", type=Path, default=default_output_dir())
     parser.add_argument("--input", type=Path, default=SAMPLE_SCAN, help="scan to use instead of the sample")
     parser.add_argument("--model", type=Path, default=None, help="model bundle (default: the bundled model)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
@@ -64,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = check_model_path(args.model or default_model_path())
         if not args.input.exists():
-            raise PPRError(f"The demo scan {args.input} is missing: restore it with git, or pass --input SCAN.")
+            hint = ("restore it with git" if in_source_tree() else
+                    "the sample ships with the source tree only, not with the installed extension")
+            raise PPRError(f"The demo scan {args.input} is missing: {hint}, or pass --input SCAN.")
     except PPRError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
