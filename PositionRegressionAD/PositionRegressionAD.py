@@ -20,6 +20,7 @@ from PositionRegressionADLib.detection_logic import (
     DetectionOptions,
     default_model_path,
     first_input_volume,
+    result_volume_ids,
 )
 from PositionRegressionADLib.run_state import DETECTION_WORDS, RunState, shown_then_recorded
 
@@ -202,6 +203,8 @@ if ScriptedLoadableModule is not None:
 
         def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
             self._render()
+            # Error maps and z-maps are volumes too, never an input: the selector does not offer them.
+            self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = result_volume_ids(slicer.mrmlScene)
             node = self._parameterNode
             if node is None:
                 return

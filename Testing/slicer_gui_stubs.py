@@ -63,6 +63,11 @@ class FakeWidget:
     def setMRMLTableNode(self, node) -> None:
         self.tableNode = node
 
+    def sortFilterProxyModel(self):
+        if "proxy" not in self.__dict__:
+            self.__dict__["proxy"] = types.SimpleNamespace(hiddenNodeIDs=[])
+        return self.proxy
+
 
 class FakeListWidget(FakeWidget):
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -251,6 +251,15 @@ def test_the_first_input_is_never_a_label_map_or_a_result(panel):
     assert first_input_volume(scene) is ct
 
 
+def test_the_input_selector_does_not_offer_result_volumes(panel):
+    panel.click()
+    panel.tick_until_ended()
+    results = panel.results()
+    hidden = panel.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs
+    assert results.error_map.GetID() in hidden and panel.volume.GetID() not in hidden
+    assert (results.z_map is None) or results.z_map.GetID() in hidden
+
+
 def test_setup_never_imports_torch_and_the_devices_arrive_from_a_child(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` in this process now fails
     panel = Panel(monkeypatch, tmp_path, probe=None)

@@ -29,6 +29,7 @@ MEMBER_CLASSES: dict[str, set[str]] = {
     "currentPath": {"ctkPathLineEdit"},
     "currentNode": {"qMRMLNodeComboBox"}, "setCurrentNode": {"qMRMLNodeComboBox"},
     "setMRMLTableNode": {"qMRMLTableView"},
+    "sortFilterProxyModel": {"qMRMLNodeComboBox"},
     "clicked(bool)": BUTTONS, "toggled(bool)": BUTTONS,
     "currentNodeChanged(vtkMRMLNode*)": {"qMRMLNodeComboBox"},
     "valueChanged(double)": {"ctkSliderWidget", "QDoubleSpinBox"},

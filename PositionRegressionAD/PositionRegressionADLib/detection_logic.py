@@ -250,6 +250,12 @@ def first_input_volume(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLScalarVolume
     return None
 
 
+def result_volume_ids(scene: slicer.vtkMRMLScene) -> list[str]:
+    """IDs of the volumes our detections made (error maps, z-maps): never an input, so a panel hides them."""
+    return [node.GetID() for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
+            if node.IsA("vtkMRMLVolumeNode") and node.GetAttribute(ROLE_ATTRIBUTE)]
+
+
 def _check_input(scene: slicer.vtkMRMLScene, volume: slicer.vtkMRMLNode | None) -> None:
     if volume is None or not volume.IsA("vtkMRMLScalarVolumeNode") or volume.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InputImageError("Select a CT volume (a scalar volume) as input.")
