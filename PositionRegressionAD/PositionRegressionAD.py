@@ -121,7 +121,8 @@ if ScriptedLoadableModule is not None:
             uiWidget.setMRMLScene(slicer.mrmlScene)
 
             self.logic = PositionRegressionADLogic()
-            self.detection = DetectionLogic(slicer.mrmlScene)
+            # Run folders (the exported input, the maps) under Slicer's temporary folder, as Slicer asks.
+            self.detection = DetectionLogic(slicer.mrmlScene, work_dir=pathlib.Path(slicer.app.temporaryPath))
             self._timer = qt.QTimer()
             self._timer.setInterval(self.POLL_MILLISECONDS)
             self._timer.connect("timeout()", self.onTimer)

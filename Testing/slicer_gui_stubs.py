@@ -248,7 +248,7 @@ def install_slicer_gui_stubs(monkeypatch, scene, module_dir: Path, tmp_path: Pat
 
     markups_logic = types.SimpleNamespace(JumpSlicesToLocation=lambda *args: record.jumps.append(args))
     app = types.SimpleNamespace(processEvents=lambda *args: record.process_events.append(args),
-                                temporaryPath=str(module_dir), setOverrideCursor=lambda *a: None,
+                                temporaryPath=str(tmp_path), setOverrideCursor=lambda *a: None,
                                 restoreOverrideCursor=lambda *a: None)
     monkeypatch.setitem(sys.modules, "qt", qt)
     monkeypatch.setitem(sys.modules, "ctk", ctk)

@@ -52,6 +52,7 @@ class Panel:
         self.module = load_module_file(MODULE_DIR / "PositionRegressionAD.py", "PositionRegressionAD_panel")
         self.widget = self.module.PositionRegressionADWidget()
         self.widget.setup()
+        self.detection_made_by_setup = self.widget.detection
         self.work = tmp_path / "work"
         self.work.mkdir()
         self.widget.detection = DetectionLogic(self.scene, launcher=InProcessFakeDetection, work_dir=self.work)
@@ -87,9 +88,10 @@ def panel(monkeypatch, tmp_path) -> Panel:
     panel.widget.cleanup()
 
 
-def test_the_panel_opens_on_the_ct_with_detect_enabled(panel):
+def test_the_panel_opens_on_the_ct_with_detect_enabled(panel, tmp_path):
     assert panel.node.inputVolume is panel.volume
     assert panel.shows() == ("Detect anomalies", True, False, "")
+    assert panel.detection_made_by_setup.work_dir == tmp_path  # runs go under slicer.app.temporaryPath
 
 
 def test_a_detection_runs_then_offers_a_new_one(panel):
