@@ -7,7 +7,7 @@ model-space volumes. This script moves the second part:
               --train A.nii.gz B.nii.gz ... --val C.nii.gz ... --size 128 --spacing 2 --prewindowed \
               --out pack.npz
   there:  python scripts/train-from-pack.py train pack.npz --checkpoint OUT/checkpoint.pt \
-              --max-minutes 7 [--mode dense --crops 2 --crop 48 --lr 1e-4 ...]
+              --max-minutes 7 [--mode dense --crops 2 --crop 48 --lr 1e-4 --augment ...]
           (the autoencoder baseline: --method ae [--volumes-per-step 4])
   here:   cp checkpoint.pt CACHE/checkpoint.pt
           python -m ppr train A.nii.gz ... --val C.nii.gz ... --cache CACHE --resume --steps S ...
@@ -28,14 +28,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PositionRegressionAD"))
 
-from ppr.training import TrainConfig, TrainingVolume, train  # noqa: E402
+from ppr.augmentation import ScannerAugmentation  # noqa: E402
+from ppr.intensity import EqualisationCurve  # noqa: E402
+from ppr.training import AugmentationContext, TrainConfig, TrainingVolume, train  # noqa: E402
 
 
 def pack(args: argparse.Namespace) -> None:
     from ppr.config import PreprocessConfig
     from ppr.imageio import read_image
     from ppr.preprocess import prepare_reference
-    from ppr.training import prepare_volumes
+    from ppr.training import augmentation_context, prepare_volumes
 
     config = PreprocessConfig(size=args.size, spacing_mm=args.spacing, prewindowed=args.prewindowed)
     reference = prepare_reference(read_image(args.reference), config)
@@ -44,35 +46,50 @@ def pack(args: argparse.Namespace) -> None:
     for volume in volumes:
         arrays[f"{volume.name}__volume"] = volume.volume.astype(np.float32)
         arrays[f"{volume.name}__head_mask"] = volume.head_mask.astype(np.uint8)
+        arrays[f"{volume.name}__anchored_hu"] = volume.anchored_hu.astype(np.float32)
+    # What augmentation needs from the reference travels too: the GPU box has no SimpleITK.
+    context = augmentation_context(reference, config)
+    arrays["curve_centres_hu"] = np.asarray(context.curve.centres_hu)
+    arrays["curve_cumulative"] = np.asarray(context.curve.cumulative)
+    arrays["augment_window_centre_spacing"] = np.array([*context.window_hu, context.centre_hu, context.spacing_mm])
     names = [v.name for v in volumes]
     np.savez_compressed(args.out, train=np.array(names[:len(args.train)]),
                         validation=np.array(names[len(args.train):]), **arrays)
     print(f"packed {len(args.train)} training and {len(args.val)} validation volumes into {args.out}")
 
 
-def _load_pack(path: Path) -> tuple[list[TrainingVolume], list[TrainingVolume]]:
+def _load_pack(path: Path) -> tuple[list[TrainingVolume], list[TrainingVolume], AugmentationContext | None]:
     with np.load(path, allow_pickle=False) as data:
         def volumes(names: np.ndarray) -> list[TrainingVolume]:
-            return [TrainingVolume(str(n), data[f"{n}__volume"], data[f"{n}__head_mask"].astype(bool))
+            return [TrainingVolume(str(n), data[f"{n}__volume"], data[f"{n}__head_mask"].astype(bool),
+                                   data[f"{n}__anchored_hu"] if f"{n}__anchored_hu" in data else None)
                     for n in names]
-        return volumes(data["train"]), volumes(data["validation"])
+        context = None
+        if "curve_cumulative" in data:  # packs made before augmentation existed have none
+            lo, hi, centre, spacing = (float(v) for v in data["augment_window_centre_spacing"])
+            curve = EqualisationCurve(data["curve_centres_hu"], data["curve_cumulative"])
+            context = AugmentationContext(ScannerAugmentation(), curve, (lo, hi), centre, spacing)
+        return volumes(data["train"]), volumes(data["validation"]), context
 
 
 def train_from_pack(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    training, validation = _load_pack(args.pack)
+    training, validation, context = _load_pack(args.pack)
+    if args.augment and context is None:
+        raise SystemExit(f"{args.pack} was packed without what augmentation needs: pack it again")
     config = TrainConfig(steps=args.steps, max_minutes=args.max_minutes, m=args.m, mode=args.mode,
                          batch=args.batch, crops=args.crops, crop=args.crop, lr=args.lr, seed=args.seed,
                          device=args.device, val_every=args.val_every, method=args.method,
-                         volumes_per_step=args.volumes_per_step, ae_loss=args.ae_loss)
+                         volumes_per_step=args.volumes_per_step, ae_loss=args.ae_loss, augment=args.augment)
 
     def progress(fraction: float, message: str) -> None:
         if "val" in message:
             print(f"{fraction:.3f} {message}", flush=True)
 
-    result = train(training, config, validation, checkpoint=args.checkpoint, progress=progress)
+    result = train(training, config, validation, checkpoint=args.checkpoint, progress=progress,
+                   augmentation=context if args.augment else None)
     summary = {"steps": result.steps, "seconds": round(result.seconds, 1), "device": result.device,
                "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
                "initial_val_loss": result.initial_val_loss,
@@ -111,6 +128,7 @@ def main() -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--val-every", type=int, default=1000)
     t.add_argument("--threads", type=int, default=4)
+    t.add_argument("--augment", action="store_true", help="dense PPR: scanner augmentation (ppr.augmentation)")
     args = parser.parse_args()
     (pack if args.command == "pack" else train_from_pack)(args)
 
