@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ppr.calibration import CalibrationConfig, fit_calibration
+from ppr.calibration import CalibrationConfig, fit_calibration, z_map
 from ppr.errors import PPRError
 from ppr.evaluation import CaseMaps, EvaluationConfig, evaluate, read_cases
 
@@ -152,6 +152,18 @@ def test_z_scores_need_a_calibration_and_use_it(tmp_path) -> None:
     rows = _case_rows(tmp_path / "out")
     healthy_scores = [float(r["score_head"]) for r in rows if r["anomalous"] == "0"]
     assert max(healthy_scores) < 6.0  # z of healthy voxels: a few at most, not tens of mm
+    # The healthy cases' share of brain and skull over the overlay threshold, as the z-maps give it.
+    flagged = summary["healthy_flagged_fraction"]
+    assert set(flagged["cases"]) == {f"case{i:02d}" for i in range(6)}
+    focus = _region_masks()["left_hemisphere"] | _region_masks()["right_hemisphere"] | _region_masks()["skull"]
+    expected = []
+    for i in range(6):
+        image = sitk.ReadImage(str(tmp_path / f"case{i:02d}.nii.gz"))
+        error = FakeDetector()(image).error_map_mm
+        z = z_map(sitk.GetArrayFromImage(error), calibration)
+        expected.append(float(np.mean(z[focus] >= calibration.overlay_threshold_z)))
+    assert [flagged["cases"][f"case{i:02d}"] for i in range(6)] == pytest.approx(expected)
+    assert flagged["mean"] == pytest.approx(np.mean(expected))
 
 
 def test_cases_csv_problems_are_reported_plainly(tmp_path) -> None:

@@ -81,6 +81,10 @@ def print_summary(summary: dict) -> None:
         voxel = summary["voxel"]
         print(f"  voxels: AP {_format(summary['voxel_ap'])}, best Dice {_format(summary['best_dice'])} "
               f"over {voxel['n_cases']} cases ({voxel['n_positive']} of {voxel['n_voxels']} voxels anomalous)")
+    flagged = summary.get("healthy_flagged_fraction")
+    if flagged is not None:
+        print(f"  healthy cases: {100 * flagged['mean']:.2f} % of brain and skull at or above the overlay "
+              f"threshold (per case: {', '.join(f'{n} {100 * v:.2f} %' for n, v in flagged['cases'].items())})")
 
 
 def print_comparison(comparison: dict) -> None:

@@ -470,6 +470,9 @@ class CaseResult:
     score_range: tuple[float, float]
     from_cache: bool
     seconds: float
+    # Fraction of brain and skull (inside this scan's head) at or above the calibration's overlay
+    # threshold; None unless the z-map is scored. On healthy scans the calibration promises ~1 %.
+    flagged_fraction: float | None = None
 
 
 def score_map(maps: CaseMaps, kind: str, calibration: Calibration | None) -> np.ndarray:
@@ -507,7 +510,7 @@ def score_cases(
     progress: ProgressFn | None = None,
 ) -> list[CaseResult]:
     """Detect (or load from the cache) every case and aggregate its map in each region."""
-    from ppr.scores import region_scores
+    from ppr.scores import focus_mask, region_scores
 
     missing = set(REGIONS) - set(region_masks)
     if missing:
@@ -523,6 +526,10 @@ def score_cases(
         head = sitk.GetArrayViewFromImage(maps.head_mask) > 0
         # the same region scoring as the detection (region of the reference and head of this scan)
         scores = region_scores(values, {r: region_masks[r] for r in REGIONS}, head, config.aggregation)
+        flagged = None
+        if config.score_map == "z" and calibration is not None:
+            focus = focus_mask(region_masks, head)
+            flagged = float(np.mean(values[focus] >= calibration.overlay_threshold_z))
         results.append(
             CaseResult(
                 case=case,
@@ -531,6 +538,7 @@ def score_cases(
                 score_range=(float(np.nanmin(values)), float(np.nanmax(values))),
                 from_cache=cached,
                 seconds=time.perf_counter() - started,
+                flagged_fraction=flagged,
             )
         )
     return results
@@ -552,6 +560,15 @@ def _metric_summary(results: Sequence[CaseResult], config: EvaluationConfig) -> 
         summary["n_positive"][structure] = int(labels.sum())
         summary["n_negative"][structure] = int(labels.size - labels.sum())
     return summary
+
+
+def _healthy_flagged(results: Sequence[CaseResult]) -> dict[str, Any] | None:
+    """Per healthy case and on average, the fraction of brain and skull over the overlay threshold."""
+    healthy = {r.case.name: r.flagged_fraction for r in results
+               if r.case.anomalous == 0 and r.flagged_fraction is not None}
+    if not healthy:
+        return None
+    return {"mean": float(np.mean(list(healthy.values()))), "cases": healthy}
 
 
 def _voxel_case(result: CaseResult, voxel_cases: str) -> bool:
@@ -655,6 +672,7 @@ def evaluate(
         "bootstrap": {"n_resamples": config.n_bootstrap, "seed": config.seed, "stratified": True, "interval": 0.95},
     }
     summary.update(_metric_summary(results, config))
+    summary["healthy_flagged_fraction"] = _healthy_flagged(results)
     if progress:
         progress(0.8, "voxel-level metrics")
     mood_dir = Path(mood_dir) if mood_dir is not None else None
