@@ -52,6 +52,7 @@ from PositionRegressionADLib.scene_io import (
     save_scene_mrb,
 )
 from ppr.errors import InputImageError, PPRError
+from ppr.imageio import read_image
 
 SCORES_FILE_NAME = "scores.csv"
 MOOD_FOLDER_NAME = "mood"
@@ -219,7 +220,7 @@ def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: 
         raise PPRError(f"{scan.name} has no whole-head score, so it has no MOOD sample score: check that the "
                        "scan shows a head.")
     score_map = sitk.ReadImage(str(map_path), sitk.sitkFloat32)
-    source = sitk.ReadImage(str(scan))
+    source = read_image(scan)
     if not Grid.of(source).matches(score_map, tolerance_mm=0.01):
         raise PPRError(f"The map of {scan.name} is not on the scan's grid, so no MOOD file was written.")
     # The map went through a NIfTI written by Slicer (float32 geometry): give it the scan's exact one.

@@ -50,6 +50,8 @@ from PositionRegressionADLib.results import (
     find_results,
 )
 from ppr.errors import BundleError, InputImageError, PPRError
+from ppr.imageio import read_image
+from ppr.validation import check_volume
 
 PREVIEW_STRIDE = 4
 FULL_RESOLUTION_STRIDE = 1
@@ -267,6 +269,17 @@ def _check_input(scene: slicer.vtkMRMLScene, volume: slicer.vtkMRMLNode | None) 
     if image.GetNumberOfScalarComponents() != 1:
         raise InputImageError(f"The volume {volume.GetName()!r} has {image.GetNumberOfScalarComponents()} "
                               "components; a CT has one: choose the CT itself, not a colour image.")
+    _check_source_file(volume)
+
+
+def _check_source_file(volume: slicer.vtkMRMLScalarVolumeNode) -> None:
+    """A volume Slicer read from a NIfTI file is checked on that file with the detector's reader: Slicer's
+    NIfTI reader fills a truncated file's missing slices and NaN voxels with 0, which the exported copy
+    could no longer show."""
+    storage = volume.GetStorageNode()
+    name = storage.GetFileName() if storage is not None else None
+    if name and name.lower().endswith((".nii", ".nii.gz")) and Path(name).is_file():
+        check_volume(read_image(name))
 
 
 def _export_volume(volume: slicer.vtkMRMLScalarVolumeNode, path: Path) -> Path:

@@ -18,6 +18,8 @@ import slicer
 import vtk
 
 from ppr.errors import InputImageError, PPRError
+from ppr.imageio import read_image
+from ppr.validation import check_volume
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -85,10 +87,16 @@ def is_volume_file(path: Path) -> bool:
 
 
 def load_volume(context: SceneContext, path: Path, name: str | None = None) -> slicer.vtkMRMLScalarVolumeNode:
-    """Load a scalar volume (NIfTI, NRRD, MetaImage) into the context's scene."""
+    """Load a scalar volume (NIfTI, NRRD, MetaImage) into the context's scene.
+
+    The file first passes the detector's own reader and checks (``ppr.imageio.read_image``,
+    ``ppr.validation.check_volume``): a truncated file, a size beyond the limit, NaN or infinite
+    voxels (Slicer's NIfTI reader makes them 0) and a 4D image (it would keep the first frame) are
+    refused with the same message as ``ppr detect``."""
     path = Path(path).resolve()
     if not path.is_file():
         raise InputImageError(f"The file {path} does not exist: check the path.")
+    check_volume(read_image(path))
     node_name = name or path.name.split(".")[0]
     node = context.volumes_logic.AddArchetypeVolume(str(path), node_name)
     if node is None or node.GetImageData() is None:

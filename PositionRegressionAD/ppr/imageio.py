@@ -2,15 +2,22 @@
 
 Reads anything SimpleITK reads from a file (NIfTI, NRRD, MHA, a single DICOM file, ...) and DICOM
 series from a folder, placed where each slice's header says it is (gantry tilt, uneven slice
-positions). It does not check whether the image is a usable head CT (see ``ppr.validation``) and
-never changes the file it reads.
+positions). Before any voxel is used it refuses a file whose header declares more than
+``MAX_VOXELS`` voxels, and a NIfTI file that holds fewer data bytes than its header declares or whose
+gzip stream does not end properly (SimpleITK would read the missing slices as zeros). NIfTI floats
+that are NaN or infinite stay so (SimpleITK's NIfTI reader turns them into 0), so that
+``ppr.validation`` sees them. It does not check whether the image is a usable head CT (see
+``ppr.validation``) and never changes the file it reads.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,24 +27,141 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ppr.errors import InputImageError
+from ppr.validation import check_finite
 
 PathLike = str | os.PathLike
 
+# The largest image read: 1024^3 voxels, 4 GiB as float32 (a head CT of 512 x 512 x 1000 thin slices
+# is a quarter of it). The pipeline holds a few float copies of the input, so more would not fit.
+MAX_VOXELS = 1024 ** 3
+_CHUNK_BYTES = 1 << 20  # a multiple of every voxel size
+
 
 def read_image(path: PathLike) -> sitk.Image:
-    """Read an image file, or the largest DICOM series in a folder, keeping its geometry."""
+    """Read an image file, or the largest DICOM series in a folder, keeping its geometry.
+
+    Refuses (``InputImageError``) a declared size above ``MAX_VOXELS`` before reading any voxel, and a
+    truncated or corrupt NIfTI file; keeps a NIfTI's NaN and infinite values for ``ppr.validation``."""
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"{path} does not exist: check the path of the input image.")
     if path.is_dir():
         return _read_dicom_folder(path)
     try:
-        return sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        _check_declared_size(path, reader.GetSize(), reader.GetNumberOfComponents())
+        layout = _nifti_layout(path)
+        non_finite = 0 if layout is None else _check_nifti_data(path, layout)
+        image = reader.Execute()
     except RuntimeError as error:
         raise InputImageError(
             f"{path} could not be read as an image ({_first_line(error)}). "
             "Use a NIfTI, NRRD, MHA file or a folder holding one DICOM series."
         ) from None
+    return _with_non_finite(image, path, layout) if non_finite else image
+
+
+def _check_declared_size(path: Path, size: tuple[int, ...], components: int = 1) -> None:
+    voxels = int(np.prod(size, dtype=np.float64)) * max(components, 1)
+    if voxels > MAX_VOXELS:
+        shown = " x ".join(str(n) for n in size)
+        raise InputImageError(
+            f"{path.name} declares {shown} voxels ({voxels:,}, {voxels * 4 / 1e9:.1f} GB as float32), more than "
+            f"the limit of {MAX_VOXELS:,} voxels ({MAX_VOXELS * 4 / 1e9:.1f} GB): it is not one head CT or its "
+            "header is damaged. Crop or resample the scan, or export it again.")
+
+
+@dataclass(frozen=True)
+class _NiftiLayout:
+    """Where a single-file NIfTI-1/2 keeps its voxels: from byte ``offset`` (of the uncompressed
+    stream), ``nbytes`` bytes of ``dtype`` (None when not floating point)."""
+
+    compressed: bool
+    offset: int
+    nbytes: int
+    dtype: np.dtype | None
+
+
+# NIfTI datatype codes of floating-point voxels (16: float32, 64: float64).
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_layout(path: Path) -> _NiftiLayout | None:
+    """The data layout from a NIfTI-1 or NIfTI-2 header, or None if ``path`` is no single-file NIfTI."""
+    with open(path, "rb") as handle:
+        compressed = handle.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as handle:
+            header = handle.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None  # not ours to judge: SimpleITK says what it can read
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348 and header[344:348] == b"n+1\0":
+            dims = struct.unpack(order + "8h", header[40:56])
+            code, bitpix = struct.unpack(order + "2h", header[70:74])
+            offset = max(int(struct.unpack(order + "f", header[108:112])[0]), 352)
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540 and header[4:8] == b"n+2\0":
+            code, bitpix = struct.unpack(order + "2h", header[12:16])
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = max(int(struct.unpack(order + "q", header[168:176])[0]), 544)
+            break
+    else:
+        return None
+    voxels = int(np.prod([max(int(n), 1) for n in dims[1:min(max(int(dims[0]), 1), 7) + 1]], dtype=np.float64))
+    dtype = np.dtype(order + _NIFTI_FLOATS[code]) if code in _NIFTI_FLOATS else None
+    return _NiftiLayout(compressed=compressed, offset=offset, nbytes=voxels * max(int(bitpix), 8) // 8, dtype=dtype)
+
+
+def _check_nifti_data(path: Path, layout: _NiftiLayout) -> int:
+    """Raise if the file holds fewer data bytes than declared (or its gzip stream is broken); return
+    how many voxels are NaN or infinite."""
+    need = layout.offset + layout.nbytes
+    if not layout.compressed and layout.dtype is None:  # nothing to decode: the file's length says it
+        got, why = min(path.stat().st_size, need), "the file ends early"
+    else:
+        got, why, bad = 0, "the file ends early", 0
+        try:
+            with (gzip.open if layout.compressed else open)(path, "rb") as handle:
+                got = len(handle.read(layout.offset))
+                while got < need:
+                    block = handle.read(min(_CHUNK_BYTES, need - got))
+                    if not block:
+                        break
+                    if layout.dtype is not None and got >= layout.offset:
+                        usable = len(block) - len(block) % layout.dtype.itemsize
+                        bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(block[:usable], layout.dtype))))
+                    got += len(block)
+                while layout.compressed and handle.read(_CHUNK_BYTES):
+                    pass  # to the end of the stream: gzip checks its end marker and checksum there
+        except EOFError:
+            why = "the compressed stream ends before its end marker"
+        except (OSError, zlib.error) as error:
+            why = f"the compressed data is damaged: {error}"
+        else:
+            if got >= need:
+                return bad
+    raise InputImageError(
+        f"{path.name} is truncated or corrupt: {got:,} of {need:,} bytes could be read ({why}). "
+        "Copy or export the scan again (a complete .nii.gz passes `gzip -t`).")
+
+
+def _with_non_finite(image: sitk.Image, path: Path, layout: _NiftiLayout) -> sitk.Image:
+    """The image with the file's NaN and infinite voxels back (SimpleITK's NIfTI reader makes them 0)."""
+    with (gzip.open if layout.compressed else open)(path, "rb") as handle:
+        handle.read(layout.offset)
+        raw = np.frombuffer(handle.read(layout.nbytes), layout.dtype)
+    values = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() != 1 or values.size != raw.size or values.dtype.kind != "f":
+        check_finite(raw)  # validation's message, from the file's own values
+    flat = values.reshape(-1)  # ITK keeps the file's voxel order (x fastest), as numpy's C order here
+    lost = ~np.isfinite(raw)
+    flat[lost] = raw[lost]
+    restored = sitk.GetImageFromArray(values, isVector=False)
+    restored.CopyInformation(image)
+    return restored
 
 
 def write_image(image: sitk.Image, path: PathLike) -> None:

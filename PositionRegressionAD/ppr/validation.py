@@ -24,12 +24,18 @@ MIN_BONE_FRACTION = 0.001
 WINDOW_END_TOLERANCE = 0.02
 
 
-def validate_head_ct(image: sitk.Image, config: PreprocessConfig) -> None:
-    """Raise InputImageError if ``image`` cannot be a head CT; return None if it can."""
+def check_volume(image: sitk.Image) -> None:
+    """Raise InputImageError unless ``image`` is one 3D scalar volume of finite numbers: what every
+    loader (CLI, batch, Lib, web viewer) checks before any other use of a scan."""
     _check_scalar(image)
     _check_dimension(image)
+    check_finite(sitk.GetArrayViewFromImage(image))
+
+
+def validate_head_ct(image: sitk.Image, config: PreprocessConfig) -> None:
+    """Raise InputImageError if ``image`` cannot be a head CT; return None if it can."""
+    check_volume(image)
     values = sitk.GetArrayViewFromImage(image)
-    _check_finite(values)
     low, high = float(values.min()), float(values.max())
     if low == high:
         raise InputImageError(
@@ -74,7 +80,7 @@ def _check_dimension(image: sitk.Image) -> None:
         )
 
 
-def _check_finite(values: np.ndarray) -> None:
+def check_finite(values: np.ndarray) -> None:
     if not np.issubdtype(values.dtype, np.floating):
         return
     bad = np.count_nonzero(~np.isfinite(values))
