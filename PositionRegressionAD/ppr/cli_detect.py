@@ -71,9 +71,11 @@ def _progress(fraction: float, message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ppr.bundle import load_bundle
     from ppr.detection import DetectOptions, detect
-    from ppr.imageio import read_image, write_image
+    from ppr.imageio import check_outputs, read_image, write_image
     from ppr.scores import ScoreOptions
 
+    # Before any work: outputs writable, none of them the input, --out and the z-map not one file.
+    check_outputs([args.out, z_map_path(args.out, args.z_out)], inputs=[args.input])
     started = time.perf_counter()
     progress = _progress if args.progress else None
     if progress:

@@ -18,7 +18,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
-from ppr.imageio import read_image, write_image
+from ppr.imageio import check_outputs, read_image, write_image
 from ppr.preprocess import prepare_reference, region_masks, to_model_space
 from ppr.registration import affine_matrix_4x4
 
@@ -62,6 +62,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    masks = [] if args.masks is None else [args.masks / "head_mask.nii.gz"]
+    check_outputs([args.output, *masks], inputs=[args.input, args.reference])  # before any work
     _progress(args, 0.0, "preparing the reference")
     start = time.perf_counter()
     reference = prepare_reference(read_image(args.reference), config)

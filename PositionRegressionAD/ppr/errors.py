@@ -12,6 +12,10 @@ class InputImageError(PPRError, ValueError):
     """The input image cannot be used (not 3D, not CT, too small, unreadable ...)."""
 
 
+class OutputFileError(PPRError):
+    """A result cannot be written where asked (an input, a clash, no such folder, no space left)."""
+
+
 class RegistrationError(PPRError):
     """The input could not be aligned with the reference head."""
 

@@ -12,12 +12,16 @@ that are NaN or infinite stay so (SimpleITK's NIfTI reader turns them into 0), s
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
 import os
+import secrets
+import shutil
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +30,7 @@ import pydicom
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ppr.errors import InputImageError
+from ppr.errors import InputImageError, OutputFileError
 from ppr.validation import check_finite
 
 PathLike = str | os.PathLike
@@ -164,11 +168,114 @@ def _with_non_finite(image: sitk.Image, path: Path, layout: _NiftiLayout) -> sit
     return restored
 
 
+# The formats results are written in (SimpleITK picks the writer by the suffix).
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# Below this much free space a failed write is reported as a full disk.
+_FULL_DISK_BYTES = 64 << 20
+
+
 def write_image(image: sitk.Image, path: PathLike) -> None:
-    """Write an image (compressed where the format allows), creating the parent folder."""
+    """Write an image (compressed where the format allows), creating the parent folder, atomically:
+    to a temporary name in the same folder, read back whole (SimpleITK's NIfTI writer says nothing
+    when the disk fills up), then renamed. The result exists whole under its name or not at all;
+    a failure raises ``OutputFileError`` ("no space left on device" when the disk is full)."""
     path = Path(path)
+    check_output_place(path, suffixes=OUTPUT_SUFFIXES)
+
+    def write(temporary: Path) -> None:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+        if read_image(temporary).GetSize() != image.GetSize():
+            raise OutputFileError("the written file does not hold the whole image")
+
+    write_atomically(path, write)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write a text result (JSON, CSV, ...) atomically, as ``write_image`` does."""
+    write_atomically(Path(path), lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a temporary name beside ``path`` (same suffix), then rename it to ``path``;
+    remove the temporary file on any failure and raise ``OutputFileError`` with the reason."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    suffix = next((s for s in OUTPUT_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+    temporary = path.with_name(f".ppr-{secrets.token_hex(4)}.partial{suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError, InputImageError, OutputFileError) as error:
+        raise OutputFileError(_write_failure(path, error)) from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write_failure(path: Path, error: Exception) -> str:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < _FULL_DISK_BYTES):
+        shown = "" if free is None else f" ({free / 1e6:.1f} MB free)"
+        return f"{path} was not written: no space left on device{shown}. Free some space or choose another folder."
+    reason = getattr(error, "strerror", None) or _first_line(error)
+    return f"{path} was not written ({reason}). Check the folder and its free space."
+
+
+def check_output_place(path: PathLike, suffixes: Sequence[str] | None = None) -> None:
+    """Raise ``OutputFileError`` unless ``path`` can be written: a known suffix (if ``suffixes``), a
+    name the file system takes, not a folder, and a writable folder (or one that can be created)."""
+    path = Path(path)
+    if suffixes is not None and not path.name.lower().endswith(tuple(suffixes)):
+        raise OutputFileError(f"{path} has an unknown extension: name it with one of {', '.join(suffixes)}.")
+    folder = path.parent.resolve()
+    existing = next(p for p in (folder, *folder.parents) if _exists(p))
+    if not existing.is_dir():
+        raise OutputFileError(f"{existing} is a file, so {path} cannot be written there: choose another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFileError(f"{existing} is not writable: choose another output folder.")
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    # The temporary name beside it is short; the final name must fit itself.
+    for part in (*folder.relative_to(existing).parts, path.name):
+        if len(os.fsencode(part)) > longest:
+            raise OutputFileError(f"The name {part[:40]}... is {len(os.fsencode(part))} bytes long, more than "
+                                  f"this file system allows ({longest}): choose a shorter name.")
+    if path.is_dir():
+        raise OutputFileError(f"{path} is a folder: give a file name.")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long for the file system
+        return False
+
+
+def check_outputs(outputs: Sequence[PathLike], inputs: Sequence[PathLike] = (),
+                  suffixes: Sequence[str] | None = OUTPUT_SUFFIXES) -> None:
+    """Before computing: every output can be written (``check_output_place``), none is an input (the
+    same file, also through a symbolic or hard link), and no two outputs are the same file."""
+    outputs = [Path(p) for p in outputs]
+    for output in outputs:
+        check_output_place(output, suffixes)
+        for source in map(Path, inputs):
+            if _same_file(output, source) or (source.is_dir() and source.resolve() in output.resolve().parents):
+                raise OutputFileError(f"The output {output} is the input {source} (or inside it): writing it "
+                                      "would destroy the scan. Choose another output name.")
+    for index, first in enumerate(outputs):
+        for second in outputs[index + 1:]:
+            if _same_file(first, second):
+                raise OutputFileError(f"Two outputs are the same file ({first} and {second}): one would "
+                                      "overwrite the other. Give them different names.")
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)  # device and inode: symbolic and hard links too
+    return first.resolve() == second.resolve()
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
