@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -115,6 +117,37 @@ def scan_name(path: Path) -> str:
     return path.stem
 
 
+def output_names(scans: list[Path]) -> list[str]:
+    """Each scan's output folder and row name: unique, stable and a plain folder name inside --output.
+
+    The file name without its suffix (``ctich_051``); scans of one name in different folders get as
+    many of their parent folders in front as tell them apart (``site_a__ctich_051``); a name that is
+    no plain folder name (``..``, ``scores.csv``, ``mood``) is made one; the same file twice gets ``_2``."""
+    def safe(text: str) -> str:
+        text = re.sub(r"[^\w.-]", "_", text).strip(".") or "scan"
+        return f"{text}_scan" if text.lower() in (SCORES_FILE_NAME, MOOD_FOLDER_NAME) else text
+
+    paths = [Path(path).resolve() for path in scans]
+    base = [safe(scan_name(path)) for path in paths]
+    names = list(base)
+    for depth in range(1, max((len(path.parts) for path in paths), default=0)):
+        files: dict[str, set[Path]] = {}
+        for name, path in zip(names, paths):
+            files.setdefault(name.lower(), set()).add(path)
+        clashing = [i for i, name in enumerate(names) if len(files[name.lower()]) > 1]
+        if not clashing:
+            break
+        for i in clashing:
+            folders = paths[i].parent.relative_to(paths[i].anchor).parts
+            names[i] = "__".join([*(safe(part) for part in folders[-depth:]), base[i]])
+    seen: Counter = Counter()
+    for i, name in enumerate(names):
+        seen[name.lower()] += 1
+        if seen[name.lower()] > 1:
+            names[i] = f"{name}_{seen[name.lower()]}"
+    return names
+
+
 class TerminalProgress:
     """One progress line per scan on a terminal; plain lines when stderr goes to a file."""
 
@@ -164,12 +197,14 @@ class BatchSettings:
             raise ValueError(f"output_format must be one of {FORMATS}, got {self.output_format!r}")
 
 
-def process_scan(path: Path, settings: BatchSettings, on_progress) -> dict[str, object]:
-    """Detect in one scan and write its files; returns its scores.csv row (raises on failure)."""
-    out_dir = settings.output_dir / scan_name(path)
+def process_scan(path: Path, settings: BatchSettings, on_progress, name: str | None = None) -> dict[str, object]:
+    """Detect in one scan and write its files into ``OUTPUT/<name>/`` (``output_names``); returns its
+    scores.csv row (raises on failure)."""
+    name = name or output_names([path])[0]
+    out_dir = settings.output_dir / name
     with tempfile.TemporaryDirectory(prefix="ppr-batch-") as cache:
         context = SceneContext.create(Path(cache))
-        volume = load_volume(context, path, scan_name(path))
+        volume = load_volume(context, path, name)
         logic = DetectionLogic(context.scene, launcher=settings.launcher, python_command=settings.python_command)
         results = logic.detect(volume, settings.options, on_progress=on_progress)
         row = {"Error map": save_node(results.error_map, out_dir / "error_map.nii.gz"),
@@ -251,11 +286,11 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO = sys.s
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     bar = TerminalProgress(stream, len(scans))
     rows: list[dict[str, object]] = []
-    for index, path in enumerate(scans, start=1):
-        name = scan_name(path)
+    names = output_names(scans)  # unique per scan: two "head.nii.gz" never share a result folder
+    for index, (path, name) in enumerate(zip(scans, names), start=1):
         started = time.monotonic()
         try:
-            row = process_scan(path, settings, lambda update: bar.update(index, name, update))
+            row = process_scan(path, settings, lambda update: bar.update(index, name, update), name)
             row.update({"Scan": name, "Status": "ok", "Reason": ""})
         except PPRError as error:
             row = {"Scan": name, "Status": "failed", "Reason": str(error)}

@@ -17,8 +17,8 @@ from pathlib import Path
 import slicer
 import vtk
 
-from ppr.errors import InputImageError, PPRError
-from ppr.imageio import read_image
+from ppr.errors import InputImageError, OutputFileError, PPRError
+from ppr.imageio import read_image, write_atomically
 from ppr.validation import check_volume
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -105,21 +105,28 @@ def load_volume(context: SceneContext, path: Path, name: str | None = None) -> s
 
 
 def save_node(node: slicer.vtkMRMLStorableNode, path: Path) -> Path:
-    """Write a volume, model, table or segmentation node to ``path`` (format from the suffix).
+    """Write a volume, model, table or segmentation node to ``path`` (format from the suffix), atomically
+    (``ppr.imageio.write_atomically``: ``OutputFileError`` on failure, "no space left" on a full disk).
 
     A temporary storage node does the writing, so the node's own storage (and the scene) stay as they
     are. Models are written in LPS, the coordinate system other tools expect.
     """
     path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
     storage = node.CreateDefaultStorageNode()
     if storage is None:
         raise SceneFileError(f"{node.GetName()} cannot be saved to a file.")
-    storage.SetFileName(str(path))
     if storage.IsA("vtkMRMLModelStorageNode"):
         storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
-    if not storage.WriteData(node) or not path.is_file():
-        raise SceneFileError(f"{node.GetName()} could not be written to {path}: check the folder and free space.")
+
+    def write(temporary: Path) -> None:
+        storage.SetFileName(str(temporary))
+        if not storage.WriteData(node) or not temporary.is_file():
+            raise OutputFileError(f"{node.GetName()} could not be written")
+        if node.IsA("vtkMRMLVolumeNode"):
+            read_image(temporary)  # whole: ITK's NIfTI writer says nothing when the disk fills up
+
+    # Under its name whole or not at all (a temporary name in the same folder, then a rename).
+    write_atomically(path, write)
     return path
 
 
