@@ -81,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
         "output": str(args.output),
         "config": config.to_dict(),
         "registration_metric": result.registration.metric,
+        "registration_note": result.registration.note,
+        "flipped_axes": list(result.registration.flipped_axes),
+        "brain_shift_hu": result.brain_shift_hu,
         "transform": {
-            "kind": "Euler3DTransform, model-space mm -> input-space mm (LPS)",
+            # An AffineTransform (determinant -1) when the voxels were read mirrored (upside down).
+            "kind": f"{transform.GetName()}, model-space mm -> input-space mm (LPS)",
             "parameters": list(transform.GetParameters()),
             "fixed_parameters": list(transform.GetFixedParameters()),
             "matrix": affine_matrix_4x4(transform).tolist(),
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         steps = ", ".join(f"{step} {value:.2f}" for step, value in result.seconds.items())
         print(f"wrote {args.output} (registration quality {result.registration.metric:.3f}; seconds: {steps})")
+        if result.registration.note:
+            print(result.registration.note)
     return 0
 
 
