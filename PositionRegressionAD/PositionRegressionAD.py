@@ -12,6 +12,7 @@ import sys
 import tempfile
 from typing import Annotated
 
+from PositionRegressionADLib.calibration_logic import CalibrationLogic, CalibrationPanel
 from PositionRegressionADLib.detection_logic import (
     FULL_RESOLUTION_STRIDE,
     PREVIEW_STRIDE,
@@ -108,6 +109,8 @@ if ScriptedLoadableModule is not None:
             self._run = None
             self._state = RunState(DETECTION_WORDS)  # what the panel shows about the run: rendered only
             self._timer = None
+            self.calibration = CalibrationPanel(CalibrationLogic())  # "Calibrate on my scanner"
+            self._calibrationTimer = None
             self._deviceProbe = None
             self._deviceTimer = None
             self._shownModelPath = None
@@ -132,6 +135,10 @@ if ScriptedLoadableModule is not None:
             self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
             self.ui.jumpToMaxButton.connect("clicked(bool)", self.onJumpToMax)
             self.ui.editCandidatesButton.connect("clicked(bool)", self.onEditCandidates)
+            self._calibrationTimer = qt.QTimer()
+            self._calibrationTimer.setInterval(self.POLL_MILLISECONDS)
+            self._calibrationTimer.connect("timeout()", self.onCalibrationTimer)
+            self.ui.calibrateButton.connect("clicked(bool)", self.onCalibrateButton)
             self._deviceTimer = qt.QTimer()
             self._deviceTimer.setInterval(self.POLL_MILLISECONDS)
             self._deviceTimer.connect("timeout()", self.onDeviceTimer)
@@ -141,6 +148,8 @@ if ScriptedLoadableModule is not None:
         def cleanup(self) -> None:
             self._timer.stop()
             self._deviceTimer.stop()
+            self._calibrationTimer.stop()
+            self.calibration.cancel()
             if self._run is not None:
                 self._run.cancel()
                 self._run = None
@@ -204,6 +213,7 @@ if ScriptedLoadableModule is not None:
 
         def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
             self._render()
+            self._renderCalibration()
             # Error maps and z-maps are volumes too, never an input: the selector does not offer them.
             self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = result_volume_ids(slicer.mrmlScene)
             node = self._parameterNode
@@ -219,9 +229,15 @@ if ScriptedLoadableModule is not None:
             self._showResults(results)
 
         def _showResults(self, results) -> None:
+            from PositionRegressionADLib.report import reliability_warning
+
             for widget in (self.ui.scoresTableView, self.ui.jumpToMaxButton, self.ui.editCandidatesButton):
                 widget.enabled = results is not None
             self.ui.scoresTableView.setMRMLTableNode(results.scores if results else None)
+            # The detector's out-of-depth check: say it above the scores, in its own words.
+            warning = reliability_warning(results.scores) if results else ""
+            self.ui.reliabilityWarningLabel.text = warning
+            self.ui.reliabilityWarningLabel.visible = bool(warning)
             if results is None:
                 return
             from PositionRegressionADLib.results import set_overlay, set_threshold
@@ -365,6 +381,40 @@ if ScriptedLoadableModule is not None:
                 self.onJumpToMax()  # moving the views under a user who is elsewhere would surprise them
             seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
             self._state.succeeded(f"Done in {seconds:.0f} s.")
+
+        # ---- calibration on the user's scanner (ppr calibrate in a child, like a detection) ---
+
+        def _renderCalibration(self) -> None:
+            view = self.calibration.state.view()
+            self.ui.calibrateButton.text = view.action_text
+            self.ui.calibrateButton.enabled = view.can_cancel or view.can_start
+            self.ui.calibrationProgressBar.visible = view.progress_visible
+            self.ui.calibrationProgressBar.value = view.progress
+            self.ui.calibrationStatusLabel.text = view.status
+
+        def onCalibrateButton(self) -> None:
+            from PositionRegressionADLib.devices import torch_installed
+
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Calibration could not start.", waitCursor=True),
+                                     self.calibration.state.failed):
+                if not self.calibration.running and not torch_installed():
+                    raise RuntimeError("Calibration needs PyTorch: click Detect anomalies once (it offers to "
+                                       "install PyTorch), then calibrate.")
+                self.calibration.click(self._modelPath(), self.ui.calibrationScansPathLineEdit.currentPath,
+                                       self.ui.calibrationOutputPathLineEdit.currentPath, self._parameterNode.device)
+                self._calibrationTimer.start()
+            self._renderCalibration()
+
+        def onCalibrationTimer(self) -> None:
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Calibration failed.", waitCursor=True),
+                                     self.calibration.state.failed):
+                outcome = self.calibration.tick()
+                if outcome is not None and self._parameterNode is not None:
+                    self._parameterNode.useBundledModel = False  # detect with the new model from now on
+                    self._parameterNode.modelPath = outcome.bundle_path
+            if not self.calibration.running:
+                self._calibrationTimer.stop()
+            self._renderCalibration()
 
         # ---- results -------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """A fake calibrated detector for Lib and batch tests: the fake ``ppr detect`` of
 ``PositionRegressionADLib.testing`` plus what a calibrated model adds (a z-map beside the error map,
 regions and the most anomalous point from z, and the report's ``score_map``, ``overlay_threshold``,
-``z_map`` and ``z``). The z-map peaks somewhere else than the error, so a test can tell which map a
+``z_map``, ``z`` and ``reliability``). The z-map peaks somewhere else than the error, so a test can tell which map a
 result shows. Its numbers are not a detector's: never evidence that detection works.
 """
 
@@ -30,6 +30,10 @@ class CalibratedFakeDetection(InProcessFakeDetection):
     a z-map that was never written."""
 
     write_z_map = True
+    # What ppr.reliability.Reliability.to_json_dict gives for a scan like the calibration's.
+    reliability = {"reliable": True, "brain_median_z": 0.1, "fraction_above_threshold": 0.012,
+                   "healthy_brain_median_z": [-0.4, 0.4], "healthy_fraction_above_threshold": [0.0, 0.09],
+                   "margin_z": 2.0, "margin_fraction": 0.25, "range_source": "calibration", "message": ""}
 
     def _run(self) -> None:
         super()._run()
@@ -54,8 +58,24 @@ class CalibratedFakeDetection(InProcessFakeDetection):
             z={"max": float(z[head].max()), "p99": float(np.percentile(z[head], 99)), "mean": float(z[head].mean())},
             regions={"left_hemisphere": float(z[head & left].max()), "right_hemisphere": float(z[head & ~left].max()),
                      "skull": float(np.percentile(z[head], 99)), "head": float(z[head].max())},
-            max_error_lps=list(image.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))))
+            max_error_lps=list(image.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))),
+            reliability=self.reliability)
         self._outcome = ProcessOutcome(0, json.dumps(report) + "\n", self._outcome.stderr, cancelled=False)
+
+
+OUT_OF_DEPTH_MESSAGE = ("Scores are not reliable for this scan: its ordinary brain tissue is 4.6 z above what the "
+                        "calibration saw (healthy scans: -0.4 to 0.4 z), and 44 % of its brain and skull is above "
+                        "the overlay threshold z 4.77 (healthy scans: 0 to 9 %). Calibrate the model on a few "
+                        "healthy scans from this scanner (ppr calibrate BUNDLE FOLDER --out NEW_BUNDLE / the "
+                        "module's Calibrate on my scanner).")
+
+
+class OutOfDepthDetection(CalibratedFakeDetection):
+    """A calibrated detection whose scan is far from what the calibration saw (figures of a real
+    scan from another site with the default model)."""
+
+    reliability = {**CalibratedFakeDetection.reliability, "reliable": False, "brain_median_z": 4.6,
+                   "fraction_above_threshold": 0.442, "message": OUT_OF_DEPTH_MESSAGE}
 
 
 class MissingZMapDetection(CalibratedFakeDetection):

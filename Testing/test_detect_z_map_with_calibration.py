@@ -73,7 +73,9 @@ def test_the_z_map_is_the_calibrated_error_inside_the_head_on_the_input_grid(cal
     bundle, result = calibrated_result
     assert result.score_map == "z"
     errors = sitk.GetArrayFromImage(result.error_map_model)
-    head = sitk.GetArrayFromImage(result.head_mask_model) > 0
+    # z is computed on the measured head only (the head less places whose patch meets a cut of the
+    # scan's box: ppr.field_of_view); it is 0 elsewhere.
+    head = sitk.GetArrayFromImage(result.measured_mask_model) > 0
     expected = np.where(head, z_map(errors, bundle.calibration), 0.0)
     np.testing.assert_allclose(sitk.GetArrayFromImage(result.z_map_model), expected, atol=1e-5)
     # The healthy median is ~20-30 mm here, so an untrained network's error gives z far from 0.
@@ -93,7 +95,7 @@ def test_the_z_map_is_the_calibrated_error_inside_the_head_on_the_input_grid(cal
 def test_regions_are_aggregates_of_the_z_map_inside_the_masks(calibrated_result):
     bundle, result = calibrated_result
     z = sitk.GetArrayFromImage(result.z_map_model)
-    head = sitk.GetArrayFromImage(result.head_mask_model) > 0
+    head = sitk.GetArrayFromImage(result.measured_mask_model) > 0
     assert set(result.regions) == set(bundle.region_masks)
     for name, region in bundle.region_masks.items():
         assert result.regions[name] == pytest.approx(aggregate(z[region & head], "percentile", p=99.0)), name
@@ -101,7 +103,8 @@ def test_regions_are_aggregates_of_the_z_map_inside_the_masks(calibrated_result)
                                       "mean": float(z[head].mean())})
     assert result.overlay_threshold_z == pytest.approx(bundle.calibration.overlay_threshold_z)
     errors = sitk.GetArrayFromImage(result.error_map_model)
-    assert result.error_mm["max"] == pytest.approx(float(errors[head].max()))
+    whole_head = sitk.GetArrayFromImage(result.head_mask_model) > 0  # the error map and its summary: whole head
+    assert result.error_mm["max"] == pytest.approx(float(errors[whole_head].max()))
     assert "z_map" in result.seconds
 
 
@@ -114,7 +117,7 @@ def test_input_space_maps_never_exceed_their_head_summaries(calibrated_result):
 
 def test_the_most_anomalous_point_is_the_highest_z_inside_brain_and_skull(calibrated_result, scan):
     bundle, result = calibrated_result
-    head = sitk.GetArrayFromImage(result.head_mask_model) > 0
+    head = sitk.GetArrayFromImage(result.measured_mask_model) > 0
     focus = (bundle.region_masks["left_hemisphere"] | bundle.region_masks["right_hemisphere"]
              | bundle.region_masks["skull"]) & head
     assert focus.any()

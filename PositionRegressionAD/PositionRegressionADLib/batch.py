@@ -8,8 +8,10 @@ or inside Slicer: ``Slicer --no-main-window --python-script <module dir>/batch.p
 Per scan, in ``OUTPUT/<scan>/``: ``error_map.nii.gz`` (input's grid), with a calibrated model
 ``z_map.nii.gz`` (input's grid), ``skull_surface.vtk`` (LPS, the displayed map per point), with
 ``--scene`` ``scene.mrb``, with ``--screenshots`` slice and surface PNGs; and one row in
-``OUTPUT/scores.csv`` (region scores, score map, overlay threshold, the detector's seconds and the
-scan's total seconds, status). With ``--format mood`` also ``OUTPUT/mood/``: the MOOD challenge's
+``OUTPUT/scores.csv`` (region scores, score map, overlay threshold, with a calibrated model the
+out-of-depth check: "Scores reliable", "Brain median z" and "Warning", the detector's seconds and
+the scan's total seconds, status; a scan whose scores are not reliable also gets its warning on the
+progress output). With ``--format mood`` also ``OUTPUT/mood/``: the MOOD challenge's
 files per scan (``ppr.mood``: voxel scores in [0, 1] on the input's grid and a ``.txt`` sample
 score), from the z-map of a calibrated model, else from the error map. A scan that fails gets its
 reason in its row and the batch goes on. Each scan gets a fresh scene, so memory does not grow with
@@ -43,7 +45,7 @@ from PositionRegressionADLib.detection_logic import (
     default_model_path,
 )
 from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress
-from PositionRegressionADLib.report import REGION_LABELS, error_unit_of, table_row
+from PositionRegressionADLib.report import REGION_LABELS, WARNING_COLUMN, error_unit_of, table_row
 from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
 from PositionRegressionADLib.scene_io import (
     VOLUME_SUFFIXES,
@@ -301,7 +303,8 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO = sys.s
         row["Total seconds"] = round(time.monotonic() - started, 3)
         rows.append(row)
         write_scores(settings.output_dir / SCORES_FILE_NAME, rows)
-        bar.done(index, name, row["Status"] if row["Status"] == "ok" else f"failed: {row['Reason']}")
+        status = row["Status"] if row["Status"] == "ok" else f"failed: {row['Reason']}"
+        bar.done(index, name, f"{status}. {row[WARNING_COLUMN]}" if row.get(WARNING_COLUMN) else status)
     return rows
 
 

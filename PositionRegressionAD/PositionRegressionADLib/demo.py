@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from PositionRegressionADLib.batch import SCORES_FILE_NAME, BatchSettings, run_batch, scan_name
+from PositionRegressionADLib.report import WARNING_COLUMN
 from PositionRegressionADLib.detection_logic import (
     DEVICES,
     PREVIEW_STRIDE,
@@ -60,6 +61,8 @@ def summary_lines(row: dict[str, object], scan_dir: Path, output_dir: Path) -> l
     lines = [f"Anomaly scores of {row['Scan']} ({row.get('Region score', '')} of the "
              f"{row.get('Score map', 'mm')} map):"]
     lines += [f"  {column:<17} {row.get(column, '')}" for column in SCORE_COLUMNS if column in row]
+    if row.get(WARNING_COLUMN):
+        lines.append(f"WARNING: {row[WARNING_COLUMN]}")
     lines.append(f"Detector: {row.get('Seconds', '')} s on {row.get('Device', '')}, stride {row.get('Stride', '')}; "
                  f"whole scan {row.get('Total seconds', '')} s")
     lines.append(f"Results in {output_dir}:")

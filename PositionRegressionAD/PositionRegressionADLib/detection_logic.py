@@ -300,19 +300,27 @@ def _check_inside(path: str | None, work_dir: Path) -> None:
                                    "update the extension so the detector and the module match.")
 
 
-def _report_of(outcome: ProcessOutcome, options: DetectionOptions) -> DetectionReport:
+def child_report(outcome: ProcessOutcome, cancelled: PPRError, failed: type[PPRError], refused: str,
+                 child: str) -> dict:
+    """The JSON object a ``ppr ... --json`` child printed last; else the error its ending says
+    (``cancelled`` raised as it is; ``failed`` with the child's own message when it refused, exit 2)."""
     if outcome.cancelled:
-        raise DetectionCancelled("Detection cancelled.")
+        raise cancelled
     if outcome.returncode == 2:
-        raise DetectionFailedError(outcome.error_message() or "The detector refused the input.")
+        raise failed(outcome.error_message() or refused)
     if outcome.returncode != 0:
-        raise DetectionFailedError(
-            f"The detector stopped unexpectedly (exit code {outcome.returncode}). Its last words:\n"
+        raise failed(
+            f"The {child} stopped unexpectedly (exit code {outcome.returncode}). Its last words:\n"
             f"{outcome.error_message() or '(nothing)'}\nPlease report this with the Slicer log.")
     lines = [line for line in outcome.stdout.splitlines() if line.strip()]
     try:
-        data = json.loads(lines[-1])
+        return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError) as error:
-        raise DetectionFailedError("The detector finished without reporting its result; "
-                                   "update the extension so the detector and the module match.") from error
+        raise failed(f"The {child} finished without reporting its result; "
+                     f"update the extension so the {child} and the module match.") from error
+
+
+def _report_of(outcome: ProcessOutcome, options: DetectionOptions) -> DetectionReport:
+    data = child_report(outcome, DetectionCancelled("Detection cancelled."), DetectionFailedError,
+                        "The detector refused the input.", "detector")
     return DetectionReport.from_json_dict(data, model=options.model_path.name)

@@ -2,9 +2,11 @@
 
 ``DetectionReport`` is the JSON object of ``ppr detect --json`` (plus the model used); the scores
 table is one row: each region score (z with a calibrated model, else mm: column "Score map"), the
-error summary (and the z summary), the overlay threshold used and on which map, and how the run
-was made (model, device, stride, method, seconds, registration metric). This module does not
-compute any score: the numbers are the detector's, copied as they are.
+error summary (and the z summary), the overlay threshold used and on which map, with a calibrated
+model the out-of-depth check (``ppr.reliability``: "Scores reliable", the brain median z and the
+calibration scans' range, the share of brain and skull above the threshold, and the "Warning" in
+plain words), and how the run was made (model, device, stride, method, seconds, registration
+metric). This module does not compute any score: the numbers are the detector's, copied as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ REGION_LABELS = {
 
 
 ERROR_UNIT_COLUMN = "Error unit"
+WARNING_COLUMN = "Warning"
+RELIABLE_COLUMN = "Scores reliable"
+
+
+def reliability_warning(table: slicer.vtkMRMLTableNode | None) -> str:
+    """The out-of-depth warning recorded in a scores table ("" when the scores are reliable, the model
+    is not calibrated, or the table is from before the check)."""
+    column = None if table is None else table.GetTable().GetColumnByName(WARNING_COLUMN)
+    return "" if column is None or column.GetNumberOfValues() == 0 else str(column.GetValue(0))
 
 
 def error_unit_of(table: slicer.vtkMRMLTableNode | None) -> str:
@@ -59,6 +70,7 @@ class DetectionReport:
     z_map: str | None = None
     z: dict[str, float] = field(default_factory=dict)
     error_unit: str = "mm"
+    reliability: dict | None = None
 
     @classmethod
     def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
@@ -75,7 +87,8 @@ class DetectionReport:
                          overlay_threshold=_number_or_none(data.get("overlay_threshold")),
                          z_map=None if data.get("z_map") is None else str(data["z_map"]),
                          z=_flatten_numbers(data.get("z") or {}),
-                         error_unit=str(data.get("error_unit", "mm")))
+                         error_unit=str(data.get("error_unit", "mm")),
+                         reliability=_reliability_of(data.get("reliability")))
         except (KeyError, TypeError, ValueError) as error:
             raise ResultImportError(
                 f"The detection finished but its report is incomplete ({error!r}). "
@@ -106,6 +119,21 @@ class DetectionReport:
             label = REGION_LABELS.get(region, region.replace("_", " ").capitalize())
             columns[f"{label} {detail}".strip()] = value
         return columns
+
+
+def _reliability_of(value: object) -> dict | None:
+    """The detector's out-of-depth check, checked for the keys the table shows (None: not calibrated,
+    or a detector from before the check)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"reliability must be an object, got {type(value).__name__}")
+    median = _number_or_none(value.get("brain_median_z"))
+    fraction = _number_or_none(value.get("fraction_above_threshold"))
+    low, high = (float(v) for v in value["healthy_brain_median_z"])
+    return {"reliable": bool(value["reliable"]), "message": str(value.get("message", "")),
+            "brain_median_z": math.nan if median is None else median, "healthy_brain_median_z": (low, high),
+            "fraction_above_threshold": math.nan if fraction is None else fraction}
 
 
 def _number_or_none(value: object) -> float | None:
@@ -156,6 +184,8 @@ def build_scores_table(report: DetectionReport, name: str, overlay_threshold: fl
                     "Values below this are not shown in the overlay and are not anomaly candidates", unit)
         _add_column(table, vtk.vtkStringArray(), "Overlay map", unit,
                     "Map shown over the scan and on the skull surface: z (z-map), or the error map in its unit")
+    if report.reliability is not None:
+        _add_reliability_columns(table, report.reliability)
     _add_column(table, vtk.vtkStringArray(), "Model", report.model, "Model bundle used")
     _add_column(table, vtk.vtkStringArray(), "Device", report.device, "Device the network ran on")
     _add_column(table, vtk.vtkIntArray(), "Stride", report.stride, "Error map computed every this many voxels")
@@ -164,6 +194,20 @@ def build_scores_table(report: DetectionReport, name: str, overlay_threshold: fl
     _add_column(table, vtk.vtkDoubleArray(), "Registration metric", report.registration_metric,
                 "Quality of the alignment with the reference head (higher is better)")
     return table
+
+
+def _add_reliability_columns(table: slicer.vtkMRMLTableNode, check: dict) -> None:
+    low, high = check["healthy_brain_median_z"]
+    _add_column(table, vtk.vtkStringArray(), RELIABLE_COLUMN, "yes" if check["reliable"] else "no",
+                "no: this scan's ordinary tissue is far from what the calibration saw (see Warning)")
+    _add_column(table, vtk.vtkDoubleArray(), "Brain median z", check["brain_median_z"],
+                "Median z over the brain: near the calibration scans' own range for scans like them", "z")
+    _add_column(table, vtk.vtkStringArray(), "Healthy brain median z", f"{low:.2f} to {high:.2f}",
+                "Brain median z of the calibration's healthy scans, each against the others", "z")
+    _add_column(table, vtk.vtkDoubleArray(), "Brain and skull above threshold", 100.0 * check["fraction_above_threshold"],
+                "Share of brain and skull above the calibrated overlay threshold (healthy: about 1 %)", "%")
+    _add_column(table, vtk.vtkStringArray(), WARNING_COLUMN, check["message"],
+                "Why the scores are not reliable for this scan, and what to do (empty: nothing to say)")
 
 
 def _add_column(table: slicer.vtkMRMLTableNode, column: vtk.vtkAbstractArray, name: str, value: object,

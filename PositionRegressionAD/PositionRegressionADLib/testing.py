@@ -289,11 +289,15 @@ class InProcessFakeDetection:
 
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = fake_detect_main(self._command, self._env)
+            code = self._main()
         lines = stderr.getvalue().splitlines()
         self._progress = [p for p in map(parse_progress_line, lines) if p is not None]
         other = "\n".join(line for line in lines if parse_progress_line(line) is None)
         self._outcome = ProcessOutcome(code, stdout.getvalue(), other, cancelled=False)
+
+    def _main(self) -> int:
+        """What the child runs (a subclass may run the real ``ppr`` command instead)."""
+        return fake_detect_main(self._command, self._env)
 
     def poll(self) -> int | None:
         if self._outcome is None and not self._cancelled:

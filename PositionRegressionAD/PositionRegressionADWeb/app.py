@@ -157,6 +157,7 @@ class PositionRegressionWebApp(TrameApp):
         state.opacity = self.session.overlay_opacity
         state.scores = []
         state.run_details = ""
+        state.reliability_warning = ""
         state.download_base = "scan"
         state.upload_limit = uploads.human_size(self.settings.max_upload_bytes)
         state.upload_key = 0
@@ -370,6 +371,7 @@ class PositionRegressionWebApp(TrameApp):
         self.state.has_z_map = False
         self.state.scores = []
         self.state.run_details = ""
+        self.state.reliability_warning = ""
 
     def _show_results(self) -> None:
         low, high = self.session.overlay_range()
@@ -388,6 +390,7 @@ class PositionRegressionWebApp(TrameApp):
             # Figures of the maps (mm, z) go in the table; how the run was made fits on one line under it.
             self.state.scores = [{"label": row.label, "text": row.text(), "unit": row.unit,
                                   "region": row.region or ""} for row in rows if row.unit in MAP_KINDS]
+            self.state.reliability_warning = self.session.reliability_warning()
             self.state.run_details = " · ".join(f"{row.label} {row.text()}{' ' + row.unit if row.unit else ''}"
                                                 for row in rows if row.unit not in MAP_KINDS)
 
@@ -555,6 +558,9 @@ class PositionRegressionWebApp(TrameApp):
 
     def _scores_panel(self) -> None:
         self._heading("Scores")
+        # The out-of-depth check: the scores below are not to be trusted for this scan.
+        v3.VAlert(id="reliability-warning", text=("reliability_warning",), type="warning",
+                  v_show=("reliability_warning",), density="compact", variant="tonal", classes="mb-2 ppr-card")
         with v3.VTable(id="scores-table", density="compact", classes="ppr-card"):
             with html.Tbody():
                 with html.Tr(v_for="row in scores", key="row.label", raw_attrs=[':data-region="row.region"']):

@@ -4,7 +4,7 @@ Every step is a call into ``PositionRegressionADLib``, the same calls the Slicer
 ``load_volume`` to read a scan, ``DetectionLogic.start`` / ``take_progress`` / ``finish`` for a
 detection with progress and cancel, ``set_overlay`` / ``set_overlay_threshold`` for the displayed
 map over the slices (the calibrated z-map, or the error map of an uncalibrated model), ``table_row``
-for the scores, ``save_scene_mrb`` / ``save_node`` / ``write_scores`` for the downloads. So the page
+for the scores (``reliability_warning`` for the out-of-depth warning), ``save_scene_mrb`` / ``save_node`` / ``write_scores`` for the downloads. So the page
 shows what Slicer shows, computed by one implementation.
 
 It knows nothing about trame or the page (``app`` binds it to them) and it does not decide which
@@ -30,7 +30,7 @@ import slicer
 from PositionRegressionADLib.batch import write_scores
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions, DetectionRun
 from PositionRegressionADLib.process import Progress
-from PositionRegressionADLib.report import REGION_LABELS, table_row
+from PositionRegressionADLib.report import REGION_LABELS, WARNING_COLUMN, reliability_warning, table_row
 from PositionRegressionADLib.results import (
     DetectionResults,
     ResultDisplayOptions,
@@ -213,12 +213,18 @@ class ViewerSession:
         return point
 
     def score_rows(self) -> list[ScoreRow]:
-        """The scores table, region scores first (in the Lib's region order), then how the run was made."""
+        """The scores table, region scores first (in the Lib's region order), then how the run was made;
+        the out-of-depth warning is not a row (``reliability_warning``)."""
         table = self._require_results().scores
         rows = [ScoreRow(label, value, table.GetColumnUnitLabel(label) or "", region_of_column(label))
-                for label, value in table_row(table).items()]
+                for label, value in table_row(table).items() if label != WARNING_COLUMN]
         order = list(REGION_LABELS)
         return sorted(rows, key=lambda row: order.index(row.region) if row.region else len(order))
+
+    def reliability_warning(self) -> str:
+        """Why this scan's scores are not reliable and what to do, in plain words ("" when they are,
+        or when the model is not calibrated): the detector's out-of-depth check."""
+        return reliability_warning(self._require_results().scores)
 
     # ---- downloads --------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ What it does:
   for the detection and the evaluation alike.
 - ``calibrate_bundle``: detection on held-out healthy scans, statistics written into the bundle.
 
-What it does not: build region masks or write any bundle file but ``calibration.npz`` (the bundle's
-checksums are refreshed with ``ppr.bundle.write_checksums``); the network runs only through
+What it does not: build region masks, or change any bundle file but ``calibration.npz`` (the
+bundle's checksums are refreshed with ``ppr.bundle.write_checksums``; ``calibrate_bundle`` with an
+output folder copies the bundle's files there unchanged); the network runs only through
 ``ppr.detection`` inside ``calibrate_bundle``.
 
 Why a reduced resolution. With the few healthy scans a user has (10-30), a per-voxel median over
@@ -37,7 +38,14 @@ errors vary little and z runs high, set a threshold nothing in the brain reached
 Places too few healthy scans measured (outside most calibration heads: the edge of the field of
 view, an unusually large head) have no statistics: their z is 0 ("nothing known to be unusual")
 rather than a z against the median of elsewhere. ``scan_count`` records, per coarse voxel, how many
-scans contributed.
+scans contributed. Only measured places of each scan count (``ppr.field_of_view``: its head, less
+the places whose network patch reaches a cut of its field of view): invented air beyond a cut
+neck is no evidence of what healthy error looks like there.
+
+Reference figures for the out-of-depth check (``ppr.reliability``): with a brain mask, every
+calibration scan's brain median z and fraction of brain and skull above the overlay threshold,
+each against the statistics of the *other* scans (leave-one-out), so they show what a new healthy
+scan from the same scanners gives rather than the optimistic in-sample figure.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +66,9 @@ import SimpleITK as sitk
 
 from ppr.errors import BundleError, PPRError
 
-CALIBRATION_FORMAT_VERSION = 2  # 2: scan_count; version-1 files are read as measured everywhere
+# 2: scan_count (version-1 files are read as measured everywhere); 3: the calibration scans'
+# leave-one-out reference figures (older files get ppr.reliability's defaults)
+CALIBRATION_FORMAT_VERSION = 3
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 MIN_SCANS = 3
 
@@ -134,6 +146,9 @@ class Calibration:
     grid_shape: shape of the model-space error maps this calibration applies to.
     scan_count: per coarse voxel, how many scans measured it (None: everywhere measured, as in
         calibrations written before it was recorded).
+    reference_brain_median_z, reference_fraction_above: per calibration scan, leave-one-out, its
+        brain median z and fraction of brain and skull above the overlay threshold (None in
+        calibrations written before they were recorded; see ``ppr.reliability``).
     """
 
     median_mm: np.ndarray
@@ -144,6 +159,8 @@ class Calibration:
     overlay_threshold_z: float
     config: CalibrationConfig
     scan_count: np.ndarray | None = None
+    reference_brain_median_z: np.ndarray | None = None
+    reference_fraction_above: np.ndarray | None = None
 
     @property
     def factor(self) -> int:
@@ -225,6 +242,7 @@ def fit_calibration(
     head_masks: Iterable[np.ndarray] | None = None,
     threshold_mask: np.ndarray | None = None,
     unit: str = "mm",
+    brain_mask: np.ndarray | None = None,
 ) -> Calibration:
     """Estimate healthy error statistics from model-space error maps (mm) of healthy scans.
 
@@ -233,9 +251,11 @@ def fit_calibration(
     background errors say nothing about anatomy and would otherwise leak into the head's edge.
     NaN voxels (not computed) are ignored. threshold_mask (model space, e.g. brain and skull of the
     reference) restricts the voxels the overlay threshold is taken over; None: all measured voxels.
+    brain_mask (model space, the reference's hemispheres), when given, adds the scans' leave-one-out
+    reference figures (brain median z; fraction of ``threshold_mask`` above the threshold).
     """
     scans = zip(error_maps_mm, head_masks) if head_masks is not None else ((m, None) for m in error_maps_mm)
-    return fit_calibration_scans(scans, case_names, config, threshold_mask, unit)
+    return fit_calibration_scans(scans, case_names, config, threshold_mask, unit, brain_mask)
 
 
 def fit_calibration_scans(
@@ -244,8 +264,10 @@ def fit_calibration_scans(
     config: CalibrationConfig = CalibrationConfig(),
     threshold_mask: np.ndarray | None = None,
     unit: str = "mm",
+    brain_mask: np.ndarray | None = None,
 ) -> Calibration:
-    """``fit_calibration`` over (error map, head mask or None) pairs, e.g. from a generator."""
+    """``fit_calibration`` over (error map, mask of its measured head or None) pairs, e.g. from a
+    generator."""
     names = tuple(case_names)
     samples, grid_shape, scan_count = [], None, None
     for error_map, head_mask in scans:
@@ -272,15 +294,14 @@ def fit_calibration_scans(
         )
     if len(names) != len(samples):
         raise ValueError(f"{len(names)} case names for {len(samples)} error maps")
+    per_scan = len(samples[0])
     stacked = np.concatenate(samples, axis=0)
     del samples
-    median, spread, count = robust_statistics(stacked)
-    median = _smooth_where_measured(median, count, config.smoothing_voxels)
-    spread = _smooth_where_measured(spread, count, config.smoothing_voxels)
-    spread = _floor_spread(spread, count > 0, config, unit)
+    median, spread = _statistics(stacked, config, unit)
     measured = scan_count >= min(config.min_scans_measured, len(names))
     z = (stacked - median) / spread
     counted = np.isfinite(z) & measured[None]
+    focus = None
     if threshold_mask is not None:
         if np.shape(threshold_mask) != grid_shape:
             raise ValueError(f"threshold_mask shape {np.shape(threshold_mask)} differs from the maps' {grid_shape}")
@@ -289,9 +310,17 @@ def fit_calibration_scans(
         # Tiny regions (synthetic tests, odd references) fall back to every measured voxel.
         if (counted & inside).sum() >= 100:
             counted &= inside
+            focus = inside[:per_scan]
     if not counted.any():
         raise PPRError("No place was measured by enough calibration scans: give more healthy head CTs.")
     threshold = float(np.percentile(z[counted], config.overlay_percentile))
+    del z, counted
+    references = (None, None)
+    if brain_mask is not None:
+        if np.shape(brain_mask) != grid_shape:
+            raise ValueError(f"brain_mask shape {np.shape(brain_mask)} differs from the maps' {grid_shape}")
+        brain = block_samples(np.asarray(brain_mask, np.float32), config) >= 0.5
+        references = _leave_one_out_figures(stacked, per_scan, brain, focus, threshold, config, unit)
     return Calibration(
         median_mm=median,
         spread_mm=spread,
@@ -301,7 +330,45 @@ def fit_calibration_scans(
         overlay_threshold_z=threshold,
         config=config,
         scan_count=scan_count.astype(np.uint16),
+        reference_brain_median_z=references[0],
+        reference_fraction_above=references[1],
     )
+
+
+def _statistics(stacked: np.ndarray, config: CalibrationConfig, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed median and floored spread (coarse grid) of stacked pooled samples (NaN: not measured)."""
+    median, spread, count = robust_statistics(stacked)
+    median = _smooth_where_measured(median, count, config.smoothing_voxels)
+    spread = _smooth_where_measured(spread, count, config.smoothing_voxels)
+    return median, _floor_spread(spread, count > 0, config, unit)
+
+
+def _leave_one_out_figures(stacked: np.ndarray, per_scan: int, brain: np.ndarray, focus: np.ndarray | None,
+                           threshold_z: float, config: CalibrationConfig, unit: str
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Per scan: brain median z and fraction of brain and skull (``focus``; None: every measured
+    place) above ``threshold_z``, against the statistics of the other scans only.
+
+    ``stacked`` holds the scans' pooled samples one after the other, ``per_scan`` rows each.
+    """
+    from ppr.reliability import ordinary_tissue_figures
+
+    n_scans = len(stacked) // per_scan
+    measured_by = np.isfinite(stacked).reshape(n_scans, per_scan, *stacked.shape[1:]).any(axis=1)
+    medians, fractions = [], []
+    for index in range(n_scans):
+        own = stacked[index * per_scan:(index + 1) * per_scan]
+        others = np.delete(stacked, np.s_[index * per_scan:(index + 1) * per_scan], axis=0)
+        median, spread = _statistics(others, config, unit)
+        del others
+        others_count = measured_by.sum(axis=0) - measured_by[index]
+        measured = (others_count >= min(config.min_scans_measured, n_scans - 1))[None] & np.isfinite(own)
+        z = (own - median) / spread
+        figures = ordinary_tissue_figures(z, brain & measured, measured if focus is None else focus & measured,
+                                          threshold_z)
+        medians.append(figures[0])
+        fractions.append(figures[1])
+    return np.asarray(medians, np.float32), np.asarray(fractions, np.float32)
 
 
 def _floor_spread(spread: np.ndarray, measured: np.ndarray, config: CalibrationConfig, unit: str) -> np.ndarray:
@@ -341,8 +408,13 @@ def z_map(error_map_mm: np.ndarray, calibration: Calibration) -> np.ndarray:
         )
     median = upsample_to_grid(calibration.median_mm, calibration.config, error_map_mm.shape)
     spread = upsample_to_grid(calibration.spread_mm, calibration.config, error_map_mm.shape)
-    measured = upsample_to_grid(calibration.measured.astype(np.float32), calibration.config, error_map_mm.shape)
-    return np.where(measured >= 0.5, (error_map_mm - median) / spread, 0.0).astype(np.float32)
+    measured = measured_on_grid(calibration, error_map_mm.shape)
+    return np.where(measured, (error_map_mm - median) / spread, 0.0).astype(np.float32)
+
+
+def measured_on_grid(calibration: Calibration, grid_shape: tuple[int, ...]) -> np.ndarray:
+    """Model voxels where the calibration has statistics (bool, model grid; elsewhere z is 0)."""
+    return upsample_to_grid(calibration.measured.astype(np.float32), calibration.config, grid_shape) >= 0.5
 
 
 # ----------------------------------------------------------------------------- files
@@ -366,6 +438,9 @@ def save_calibration(calibration: Calibration, path: str | Path) -> Path:
             config_json=np.asarray(json.dumps(calibration.config.to_dict(), sort_keys=True)),
             **({} if calibration.scan_count is None
                else {"scan_count": calibration.scan_count.astype(np.uint16)}),
+            **({} if calibration.reference_brain_median_z is None else {
+                "reference_brain_median_z": np.asarray(calibration.reference_brain_median_z, np.float32),
+                "reference_fraction_above": np.asarray(calibration.reference_fraction_above, np.float32)}),
         )
     return path
 
@@ -393,6 +468,8 @@ def load_calibration(path: str | Path) -> Calibration:
                 overlay_threshold_z=float(data["overlay_threshold_z"]),
                 config=config,
                 scan_count=data["scan_count"].astype(np.int32) if "scan_count" in data.files else None,
+                reference_brain_median_z=_optional(data, "reference_brain_median_z"),
+                reference_fraction_above=_optional(data, "reference_fraction_above"),
             )
             stored_factor = int(data["factor"])
     except BundleError:
@@ -400,10 +477,16 @@ def load_calibration(path: str | Path) -> Calibration:
     except Exception as error:  # zip, key and value errors all mean the same to the user
         raise BundleError(f"{path} is not a readable calibration file ({error}): recalibrate the bundle.") from error
     counts_shape = calibration.median_mm.shape if calibration.scan_count is None else calibration.scan_count.shape
+    references = (calibration.reference_brain_median_z, calibration.reference_fraction_above)
     if (stored_factor != config.factor or calibration.median_mm.shape != calibration.spread_mm.shape
-            or counts_shape != calibration.median_mm.shape):
+            or counts_shape != calibration.median_mm.shape
+            or any(figures is not None and figures.shape != (calibration.n_scans,) for figures in references)):
         raise BundleError(f"{path} is inconsistent: recalibrate the bundle.")
     return calibration
+
+
+def _optional(data: Mapping[str, np.ndarray], key: str) -> np.ndarray | None:
+    return data[key].astype(np.float32) if key in data.files else None
 
 
 # ----------------------------------------------------------------------------- region scores
@@ -483,28 +566,39 @@ def calibrate_bundle(
     device: str = "auto",
     progress: ProgressFn | None = None,
     allow_training_scans: bool = False,
+    output: str | Path | None = None,
 ) -> tuple[Calibration, Path]:
-    """Detect each healthy image with the bundle, fit the statistics, store them in the bundle.
+    """Detect each healthy image with the bundle, fit the statistics, store them in a bundle.
 
-    The bundle must be a folder (a .zip is read-only here). ``calibration.npz`` replaces any earlier
-    one and ``checksums.json`` is rewritten so ``load_bundle`` accepts the bundle afterwards.
-    Scans the bundle was trained on are refused unless ``allow_training_scans``: the network has
-    learnt them, so their errors are low and would make every new scan look anomalous.
+    ``images``: scan files, DICOM series folders, or folders holding either (``calibration_scans``).
+    ``output`` None: into ``bundle_path`` itself (a folder; a .zip is read-only here), replacing any
+    earlier ``calibration.npz``. ``output`` a new (or empty) folder: a copy of the bundle with the new
+    calibration, the original untouched; the folder appears only once the calibration succeeded.
+    ``checksums.json`` is rewritten so ``load_bundle`` accepts the result. Scans the bundle was
+    trained on are refused unless ``allow_training_scans``: the network has learnt them, so their
+    errors are low and would make every new scan look anomalous. A scan that cannot be read or
+    detected stops the calibration with its path in the message. Returns the calibration and the
+    path of the written ``calibration.npz``.
     """
-    from ppr.bundle import CALIBRATION, load_bundle, write_checksums
+    from ppr.bundle import load_bundle
     from ppr.detection import DetectOptions, detect
     from ppr.imageio import read_image
 
     bundle_path = Path(bundle_path)
     bundle = load_bundle(bundle_path)
-    if not bundle_path.is_dir():
+    target = bundle_path if output is None else Path(output)
+    if not bundle_path.is_dir() and output is None:
         raise BundleError(
             f"{bundle_path} is a zipped bundle: unzip it into a folder, calibrate the folder, and zip it again."
         )
+    if output is not None:
+        _check_new_bundle_folder(bundle_path, target)
+    images = calibration_scans(images)
     names = [image_case_name(Path(image)) for image in images]
     if len(images) < MIN_SCANS:
+        found = f" ({', '.join(names)})" if names else ""
         raise PPRError(
-            f"Calibration needs at least {MIN_SCANS} healthy scans, got {len(images)}: "
+            f"Calibration needs at least {MIN_SCANS} healthy scans, got {len(images)}{found}: "
             "give more held-out healthy head CTs (10 or more give stable statistics)."
         )
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -527,26 +621,116 @@ def calibrate_bundle(
                 result = detect(read_image(image), bundle, options)
             except PPRError as error:  # say which of the scans it was
                 raise type(error)(f"{image}: {error}") from None
-            yield sitk.GetArrayFromImage(result.error_map_model), sitk.GetArrayFromImage(result.head_mask_model) > 0
+            except Exception as error:  # still name the scan; the cause stays chained for a traceback
+                raise PPRError(f"{image}: this scan could not be processed ({error!r}). "
+                               "Leave it out, or check that it is a readable head CT.") from error
+            # Only the measured head: places whose patch reaches a cut of the field of view are no evidence.
+            yield (sitk.GetArrayFromImage(result.error_map_model),
+                   sitk.GetArrayFromImage(result.measured_mask_model) > 0)
 
-    from ppr.scores import focus_mask
+    from ppr.scores import BRAIN_REGIONS, focus_mask
 
     # The reference's brain and skull, where detection looks for the most anomalous point too.
-    brain_and_skull = focus_mask(bundle.region_masks, np.ones(bundle.reference.GetSize()[::-1], dtype=bool))
-    calibration = fit_calibration_scans(scans(), names, config, brain_and_skull, bundle.error_unit)
+    everywhere = np.ones(bundle.reference.GetSize()[::-1], dtype=bool)
+    brain_and_skull = focus_mask(bundle.region_masks, everywhere)
+    brain = np.zeros_like(everywhere)
+    for name in BRAIN_REGIONS:
+        brain |= bundle.region_masks.get(name, False)
+    calibration = fit_calibration_scans(scans(), names, config, brain_and_skull, bundle.error_unit,
+                                        brain_mask=brain if brain.any() else None)
     if progress:
         progress(1.0, "writing the calibration")
-    partial = bundle_path / f".{CALIBRATION}.partial"
+    if output is None:
+        return calibration, _write_into(bundle_path, calibration)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _copy_bundle_files(bundle_path, partial)
+        _write_into(partial, calibration)
+        if target.exists():
+            target.rmdir()  # checked empty above
+        partial.replace(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return calibration, target / "calibration.npz"
+
+
+def _write_into(folder: Path, calibration: Calibration) -> Path:
+    """``calibration.npz`` into a bundle folder (atomically) and its checksums refreshed."""
+    from ppr.bundle import CALIBRATION, write_checksums
+
+    partial = folder / f".{CALIBRATION}.partial"
     save_calibration(calibration, partial)
-    partial.replace(bundle_path / CALIBRATION)
-    write_checksums(bundle_path)
-    return calibration, bundle_path / CALIBRATION
+    partial.replace(folder / CALIBRATION)
+    write_checksums(folder)
+    return folder / CALIBRATION
+
+
+def _check_new_bundle_folder(source: Path, target: Path) -> None:
+    if target.resolve() == source.resolve():
+        raise PPRError(f"--out {target} is the bundle itself: give a new folder, or leave --out away to "
+                       "calibrate the bundle in place.")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise PPRError(f"{target} already exists and is not an empty folder: give a new folder for the "
+                       "calibrated bundle.")
+    if not target.parent.is_dir():
+        raise PPRError(f"The folder {target.parent} for the calibrated bundle does not exist: create it first.")
+
+
+def _copy_bundle_files(source: Path, folder: Path) -> None:
+    """The bundle's files (a folder, or the files of a zipped bundle) into a new ``folder``, without
+    its calibration and checksums (written afresh)."""
+    from ppr.bundle import CALIBRATION, CHECKSUMS
+
+    folder.mkdir(parents=True)
+    skipped = {CALIBRATION, CHECKSUMS}
+    if source.is_dir():
+        for path in sorted(source.iterdir()):
+            if path.is_file() and path.name not in skipped and not path.name.startswith("."):
+                shutil.copy2(path, folder / path.name)
+        return
+    with zipfile.ZipFile(source) as archive:
+        for member in archive.infolist():
+            name = Path(member.filename).name
+            if member.is_dir() or not name or name in skipped or name.startswith("."):
+                continue
+            with archive.open(member) as reading, open(folder / name, "wb") as writing:
+                shutil.copyfileobj(reading, writing)
+
+
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def calibration_scans(items: Sequence[str | Path]) -> list[Path]:
+    """The scans named by ``items``, in order: a file is one scan; a folder holding a DICOM series
+    is one scan; any other folder gives its image files (NIfTI, NRRD, MetaImage) and its
+    sub-folders that hold a DICOM series, sorted by name (not deeper)."""
+    scans: list[Path] = []
+    for item in map(Path, items):
+        if not item.exists():
+            raise PPRError(f"{item} does not exist: check the paths of the healthy scans.")
+        if item.is_file() or _holds_dicom_series(item):
+            scans.append(item)
+            continue
+        found = [path for path in sorted(item.iterdir()) if not path.name.startswith(".")
+                 and ((path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES))
+                      or (path.is_dir() and _holds_dicom_series(path)))]
+        if not found:
+            raise PPRError(f"{item} holds no scan: give NIfTI / NRRD / MetaImage files or DICOM series "
+                           "folders of healthy head CTs.")
+        scans += found
+    return scans
+
+
+def _holds_dicom_series(folder: Path) -> bool:
+    return folder.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
 def image_case_name(path: Path) -> str:
     """The case name of an image file: its file name without the image extension."""
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+    for suffix in SCAN_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -13,7 +13,11 @@ same of the z-map, null without calibration), ``post_filter`` (the AE residual's
 PPR), ``overlay_threshold`` (the calibration's z threshold for
 overlays, null without calibration), ``max_error_lps`` (highest z inside brain and skull when
 calibrated, else highest error), ``registration_metric``, ``output``, ``z_map`` (path or null),
-``model``. ``--no-calibration`` ignores a calibration (score_map "mm", for comparison).
+``model``, ``reliability`` (calibrated bundles: the out-of-depth check of ``ppr.reliability``,
+``reliable``, ``brain_median_z``, ``fraction_above_threshold``, the calibration scans' ranges and
+``message``, the warning in plain words or ""; null without calibration). ``--no-calibration``
+ignores a calibration (score_map "mm", for comparison). Without ``--json`` an unreliable scan's
+warning is printed on its own line after the summary (stdout) and on stderr.
 """
 
 from __future__ import annotations
@@ -110,14 +114,20 @@ def run(args: argparse.Namespace) -> int:
         "overlay_threshold": result.overlay_threshold_z,
         "max_error_lps": list(result.max_error_lps),
         "registration_metric": result.registration.metric,
+        "brain_shift_hu": round(result.brain_shift_hu, 2),
         "output": str(args.out.resolve()),
         "z_map": None if z_path is None else str(z_path.resolve()),
         "model": str(args.model),
+        "reliability": None if result.reliability is None else result.reliability.to_json_dict(),
     }
     if args.json:
         print(json.dumps(report))
     else:
         print(_summary_line(args, result, report))
+    if result.reliability is not None and not result.reliability.reliable:
+        if not args.json:
+            print(f"WARNING: {result.reliability.message}")
+        print(f"warning: {result.reliability.message}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -128,7 +138,15 @@ def _summary_line(args: argparse.Namespace, result, report: dict) -> str:
     line = f"wrote {args.out}: max error {error(result.error_mm['max'])}, p99 {error(result.error_mm['p99'])}"
     if report["z_map"] is not None:
         line += f"; z-map {report['z_map']}: max {_z(result.z['max'])} (threshold {_z(result.overlay_threshold_z)})"
+    if result.reliability is not None:
+        check = result.reliability
+        line += (f"; brain median z {_plain(check.brain_median_z)} (healthy scans "
+                 f"{check.healthy_brain_median_z[0]:.2f} to {check.healthy_brain_median_z[1]:.2f})")
     return f"{line}; regions ({args.aggregate} of {result.score_map}): {regions}; {report['seconds']:.1f} s on {result.device}"
+
+
+def _plain(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2f}"  # NaN: no measured brain
 
 
 def _mm(value: float | None) -> str:

@@ -14,6 +14,12 @@ the error, and places the most anomalous point at the highest z inside brain and
 (``ppr.scores.focus_mask``). Without calibration the region scores and the most anomalous point
 come from the error in mm, as before calibration existed.
 
+Only the measured head counts (``ppr.field_of_view``: this scan's head mask less the places whose
+network context reaches a cut of its field of view, where the scanned box cuts through the head):
+the region scores, the summaries, the most anomalous point and the out-of-depth check
+(``ppr.reliability``, calibrated bundles only) look there only, and the z-map is 0 elsewhere. The
+error map keeps the raw error of the whole head.
+
 An autoencoder bundle (``bundle.method == "ae"``, the paper's baseline) goes through the same steps
 with the residual map of ``ppr.autoencoder.residual_map`` (post-filtered |x - AE(x)|, unit
 "intensity") in place of the position error (unit "mm"); ``DetectionResult.unit`` says which.
@@ -33,9 +39,12 @@ import SimpleITK as sitk
 
 from ppr.autoencoder import POST_FILTERS, residual_map
 from ppr.bundle import ModelBundle
+from ppr.calibration import measured_on_grid
+from ppr.field_of_view import context_voxels, measured_mask, scanned_box
 from ppr.inference import InferenceOptions, error_map, resolve_device
 from ppr.registration import RegistrationResult
-from ppr.scores import ScoreOptions, error_summary, focus_mask, head_z_map, region_scores
+from ppr.reliability import Reliability, assess
+from ppr.scores import BRAIN_REGIONS, ScoreOptions, error_summary, focus_mask, head_z_map, region_scores
 
 ProgressFn = Callable[[float, str], None]
 
@@ -77,7 +86,12 @@ class DetectionResult:
     z_map_model / z_map_input: the calibrated z-map (float32, 0 outside the head) on the model grid
     and on the input's exact grid, None without calibration; z: max, p99, mean of z over the head;
     overlay_threshold_z: the calibration's overlay threshold (None without calibration);
-    unit: the error map's unit, "mm" (PPR position error) or "intensity" (AE residual)."""
+    unit: the error map's unit, "mm" (PPR position error) or "intensity" (AE residual);
+    measured_mask_model: uint8, model grid: the head less the places near a cut of the field of
+    view (``ppr.field_of_view``), where scores, summaries and z look; reliability: the
+    out-of-depth check (``ppr.reliability``), None without calibration;
+    brain_shift_hu: HU added to the scan so that its brain's median matches the reference's
+    (``ppr.preprocess``; how far this scanner's calibration is from the training data's)."""
 
     error_map_model: sitk.Image
     error_map_input: sitk.Image
@@ -94,6 +108,9 @@ class DetectionResult:
     z: dict[str, float | None] | None = None
     overlay_threshold_z: float | None = None
     unit: str = "mm"
+    brain_shift_hu: float = 0.0
+    measured_mask_model: sitk.Image | None = None
+    reliability: Reliability | None = None
 
     @property
     def score_map(self) -> str:
@@ -125,16 +142,22 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     report(0.3, "computing the error map")
     started = time.perf_counter()
     volume = sitk.GetArrayFromImage(model.volume).astype(np.float32)
-    head = sitk.GetArrayFromImage(model.head_mask) > 0
+    whole_head = sitk.GetArrayFromImage(model.head_mask) > 0
+    # The network still sees the whole head; only what is scored is the measured part.
+    head = measured_mask(whole_head, scanned_box(image, model.registration.transform, model.volume),
+                         context_voxels(bundle.network))
+    fully_cut = not head.any()
+    if fully_cut:  # no place a whole patch away from every cut: score the head, and say so (reliability)
+        head = whole_head
     if bundle.method == "ae":
-        errors = residual_map(volume, head, bundle.network, options.post_filter, device)
+        errors = residual_map(volume, whole_head, bundle.network, options.post_filter, device)
     else:
-        errors = error_map(volume, head, bundle.network, bundle.preprocess.spacing_mm, options.inference(),
+        errors = error_map(volume, whole_head, bundle.network, bundle.preprocess.spacing_mm, options.inference(),
                            _scaled(report, 0.3, 0.85))
     # The summary (error_mm) is over the head; the map resampled to the input must hold nothing
     # else, or its linear mixes could exceed that summary (inference already returns 0 outside the
     # head; this keeps the two consistent whatever the inference path does outside it).
-    errors = np.where(head, errors, np.float32(0.0)).astype(np.float32, copy=False)
+    errors = np.where(whole_head, errors, np.float32(0.0)).astype(np.float32, copy=False)
     seconds["error_map"] = time.perf_counter() - started
 
     report(0.85, "mapping the error map onto the input grid")
@@ -143,20 +166,26 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     error_input = _on_input_grid(error_model, model.registration, image)
     seconds["to_input_space"] = time.perf_counter() - started
 
-    z_model = z_input = None
+    z_model = z_input = reliability = None
     if calibration is not None:
         report(0.88, "computing the z-map")
         started = time.perf_counter()
         z_values = head_z_map(errors, head, calibration)
         z_model = _model_image(z_values, model.volume)
         z_input = _on_input_grid(z_model, model.registration, image)
+        calibrated = head & measured_on_grid(calibration, z_values.shape)
+        brain = np.zeros_like(head)
+        for name in BRAIN_REGIONS:
+            brain |= bundle.region_masks.get(name, False)
+        reliability = assess(z_values, brain & calibrated, focus_mask(bundle.region_masks, head) & calibrated,
+                             calibration, measured=not fully_cut)
         seconds["z_map"] = time.perf_counter() - started
 
     report(0.92, "scoring regions")
     started = time.perf_counter()
     scored = errors if z_model is None else z_values
     regions = region_scores(scored, bundle.region_masks, head, options.scores)
-    summary = error_summary(errors, head)
+    summary = error_summary(errors, whole_head)  # describes the error map, which keeps the whole head
     if z_input is None:
         point = highest_error_point(error_input)
     else:
@@ -170,7 +199,8 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
         str(device), options, z_map_model=z_model, z_map_input=z_input,
         z=None if z_model is None else error_summary(z_values, head),
         overlay_threshold_z=None if calibration is None else float(calibration.overlay_threshold_z),
-        unit=bundle.error_unit)
+        unit=bundle.error_unit, brain_shift_hu=model.brain_shift_hu,
+        measured_mask_model=_model_image(head.astype(np.uint8), model.volume), reliability=reliability)
 
 
 def highest_error_point(error_map_input: sitk.Image) -> tuple[float, float, float]:

@@ -30,6 +30,7 @@ AGGREGATES = ("p99", "max", "top_k_mean")
 # Regions where an anomaly matters to the user (the paper's three structures); the neck and the
 # shoulders in the lower slices have large healthy errors and would otherwise hold the maximum.
 FOCUS_REGIONS = ("left_hemisphere", "right_hemisphere", "skull")
+BRAIN_REGIONS = ("left_hemisphere", "right_hemisphere")
 
 
 @dataclass(frozen=True)
