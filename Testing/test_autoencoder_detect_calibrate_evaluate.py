@@ -24,7 +24,9 @@ from ppr.network import PPRNet
 from ppr.preprocess import prepare_reference
 from synthetic_heads import make_head_to_physical, synthetic_head
 
-CONFIG = PreprocessConfig(size=32, spacing_mm=7.5)
+# 5 mm: at 7.5 mm the synthetic skull, clipped to the window before smoothing, blurs below the
+# bone threshold and the reference has no intracranial space to split.
+CONFIG = PreprocessConfig(size=48, spacing_mm=5.0)
 LESION = dict(lesion_center_mm=(25.0, 10.0, 20.0), lesion_radius_mm=14.0)
 
 
@@ -73,7 +75,7 @@ def test_detect_with_an_autoencoder_bundle_gives_its_residual_on_the_input_grid(
     assert (result.unit, result.score_map) == ("intensity", "intensity")
     model = sitk.GetArrayViewFromImage(result.error_map_model)
     head = sitk.GetArrayViewFromImage(result.head_mask_model) > 0
-    assert model.shape == (32, 32, 32)
+    assert model.shape == (48, 48, 48)
     assert np.all(model[~head] == 0.0) and model[head].max() > 0.0
     assert result.error_mm["max"] == pytest.approx(float(model.max()))
     assert 0.0 < result.error_mm["max"] <= 1.0  # a residual of intensities in [0, 1]
@@ -106,12 +108,12 @@ def test_calibration_and_z_maps_work_unchanged_for_an_autoencoder_bundle(bundles
     bundle_path = shutil.copytree(bundles["ae"], tmp_path / "ae_calibrated")
     healthy = [scans["healthy_1"], scans["healthy_2"], scans["healthy_3"]]
     calibration, _ = calibrate_bundle(bundle_path, healthy, device="cpu")
-    assert calibration.grid_shape == (32, 32, 32) and calibration.n_scans == 3
+    assert calibration.grid_shape == (48, 48, 48) and calibration.n_scans == 3
     bundle = load_bundle(bundle_path)
     result = detect(sitk.ReadImage(str(scans["lesion_1"])), bundle, DetectOptions(device="cpu"))
     assert result.score_map == "z" and result.unit == "intensity"
     z = sitk.GetArrayViewFromImage(result.z_map_model)
-    assert z.shape == (32, 32, 32) and np.isfinite(z).all() and z.max() > 0
+    assert z.shape == (48, 48, 48) and np.isfinite(z).all() and z.max() > 0
     assert result.z_map_input.GetSize() == result.error_map_input.GetSize()
 
 
@@ -124,7 +126,7 @@ def test_evaluate_two_models_writes_each_model_and_one_comparison(bundles, scans
     # a calibrated AE (statistics of made-up healthy residuals: the plumbing is tested, not the numbers)
     ae = shutil.copytree(bundles["ae"], tmp_path / "ae_baseline")
     rng = np.random.default_rng(0)
-    maps = [rng.gamma(4.0, 0.01, (32, 32, 32)).astype(np.float32) for _ in range(3)]
+    maps = [rng.gamma(4.0, 0.01, (48, 48, 48)).astype(np.float32) for _ in range(3)]
     save_calibration(fit_calibration(maps, ["a", "b", "c"], CalibrationConfig()), ae / "calibration.npz")
     write_checksums(ae)
     out = tmp_path / "eval"
