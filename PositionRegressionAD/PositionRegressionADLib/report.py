@@ -71,6 +71,7 @@ class DetectionReport:
     z: dict[str, float] = field(default_factory=dict)
     error_unit: str = "mm"
     reliability: dict | None = None
+    registration_note: str = ""
 
     @classmethod
     def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
@@ -88,7 +89,8 @@ class DetectionReport:
                          z_map=None if data.get("z_map") is None else str(data["z_map"]),
                          z=_flatten_numbers(data.get("z") or {}),
                          error_unit=str(data.get("error_unit", "mm")),
-                         reliability=_reliability_of(data.get("reliability")))
+                         reliability=_reliability_of(data.get("reliability")),
+                         registration_note=str(data.get("registration_note") or ""))
         except (KeyError, TypeError, ValueError) as error:
             raise ResultImportError(
                 f"The detection finished but its report is incomplete ({error!r}). "
@@ -186,6 +188,12 @@ def build_scores_table(report: DetectionReport, name: str, overlay_threshold: fl
                     "Map shown over the scan and on the skull surface: z (z-map), or the error map in its unit")
     if report.reliability is not None:
         _add_reliability_columns(table, report.reliability)
+    warning = " ".join(text for text in (
+        report.reliability["message"] if report.reliability is not None else "", report.registration_note) if text)
+    if report.reliability is not None or warning:
+        _add_column(table, vtk.vtkStringArray(), WARNING_COLUMN, warning,
+                    "Why the scores are not reliable for this scan, or what the registration had to correct, "
+                    "and what to do (empty: nothing to say)")
     _add_column(table, vtk.vtkStringArray(), "Model", report.model, "Model bundle used")
     _add_column(table, vtk.vtkStringArray(), "Device", report.device, "Device the network ran on")
     _add_column(table, vtk.vtkIntArray(), "Stride", report.stride, "Error map computed every this many voxels")
@@ -206,8 +214,6 @@ def _add_reliability_columns(table: slicer.vtkMRMLTableNode, check: dict) -> Non
                 "Brain median z of the calibration's healthy scans, each against the others", "z")
     _add_column(table, vtk.vtkDoubleArray(), "Brain and skull above threshold", 100.0 * check["fraction_above_threshold"],
                 "Share of brain and skull above the calibrated overlay threshold (healthy: about 1 %)", "%")
-    _add_column(table, vtk.vtkStringArray(), WARNING_COLUMN, check["message"],
-                "Why the scores are not reliable for this scan, and what to do (empty: nothing to say)")
 
 
 def _add_column(table: slicer.vtkMRMLTableNode, column: vtk.vtkAbstractArray, name: str, value: object,

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         "max_error_lps": list(result.max_error_lps),
         "registration_metric": result.registration.metric,
         "brain_shift_hu": round(result.brain_shift_hu, 2),
+        "registration_note": result.registration.note,
         "output": str(args.out.resolve()),
         "z_map": None if z_path is None else str(z_path.resolve()),
         "model": str(args.model),
@@ -128,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"WARNING: {result.reliability.message}")
         print(f"warning: {result.reliability.message}", file=sys.stderr, flush=True)
+    if result.registration.note:  # e.g. a scan read upside down (its header was wrong)
+        if not args.json:
+            print(f"NOTE: {result.registration.note}")
+        print(f"note: {result.registration.note}", file=sys.stderr, flush=True)
     return 0
 
 
