@@ -73,3 +73,23 @@ def test_the_spread_floor_follows_the_error_unit() -> None:
     as_mm = fit_calibration(maps, names, config, unit="mm")
     assert 0.005 <= float(np.median(as_intensity.spread_mm)) < 0.02  # the real spread, ~0.01
     assert float(as_mm.spread_mm.min()) == 0.5  # the mm floor swamps it
+
+
+def test_the_overlay_threshold_is_set_by_held_out_scans_not_in_sample() -> None:
+    # Healthy errors vary between heads, not only between voxels: each scan has its own offset per
+    # place (a coarse field) on top of voxel noise, so in-sample z (a scan against statistics it
+    # helped make) are too narrow, and a threshold from them is exceeded too often by a new scan.
+    rng = np.random.default_rng(11)
+    shape = (32, 32, 32)
+
+    def healthy_scan() -> np.ndarray:
+        offset = np.kron(rng.normal(0.0, 6.0, (4, 4, 4)), np.ones((8, 8, 8)))
+        return (30.0 + offset + rng.gamma(2.0, 2.0, shape)).astype(np.float32)
+
+    scans = [healthy_scan() for _ in range(5)]
+    calibration = fit_calibration(scans, list("abcde"), CalibrationConfig(factor=4))
+    in_sample = np.percentile(np.concatenate([z_map(scan, calibration).ravel() for scan in scans]), 99)
+    assert calibration.overlay_threshold_z > in_sample + 0.2
+    new_scans = [z_map(healthy_scan(), calibration) for _ in range(8)]
+    above = np.mean([np.mean(z >= calibration.overlay_threshold_z) for z in new_scans])
+    assert 0.003 <= above <= 0.025
