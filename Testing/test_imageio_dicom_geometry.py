@@ -11,9 +11,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import DEV_DATA_DIR
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
+from synthetic_dicom import pixel_points, write_ct_series
 
 from ppr.errors import InputImageError
 from ppr.imageio import read_image
@@ -36,40 +35,6 @@ def _sample(image: sitk.Image, points: np.ndarray) -> np.ndarray:
     index = np.where(np.abs(index - inside) < 1e-3, inside, index)  # rounding at the first/last plane
     return ndimage.map_coordinates(sitk.GetArrayFromImage(image).astype(np.float64), index[:, ::-1].T,
                                    order=1, mode="constant", cval=np.nan)
-
-
-def _pixel_points(origin, row, column, spacing, shape, step=1) -> np.ndarray:
-    """Physical points of a slice's pixels (every step-th), in the slice's (row, column) order."""
-    rows, columns = np.mgrid[0:shape[0]:step, 0:shape[1]:step]
-    return (np.asarray(origin, float) + columns[..., None] * spacing[1] * np.asarray(row, float)
-            + rows[..., None] * spacing[0] * np.asarray(column, float))
-
-
-def _write_series(folder: Path, positions, row, column, hu_at, *, shape=(40, 48), spacing=(1.2, 0.9),
-                  slope=0.5, intercept=-1024.0, stem: str = "slice") -> Path:
-    """A CT series written with pydicom: each slice holds hu_at(physical points) as stored integers."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series, study = generate_uid(), generate_uid()
-    for number, position in enumerate(positions, 1):
-        hu = hu_at(_pixel_points(position, row, column, spacing, shape))
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "CT"
-        ds.PatientID, ds.InstanceNumber, ds.SliceThickness = "synthetic", number, 1.0
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row, *column)]
-        ds.PixelSpacing = [f"{v:.6f}" for v in spacing]
-        ds.Rows, ds.Columns = shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = f"{slope}", f"{intercept}"
-        ds.PixelData = np.round((hu - intercept) / slope).clip(0, 65535).astype("<u2").tobytes()
-        ds.save_as(folder / f"{stem}{number:03d}.dcm", enforce_file_format=True)
-    return folder
 
 
 def _ramp(points: np.ndarray) -> np.ndarray:
@@ -106,7 +71,7 @@ def _tilted_uneven_positions(row, column, normal, tilt_deg: float = 0.0, shift=(
 def test_tilted_uneven_series_holds_the_analytic_values_at_physical_points(tmp_path, tilt_deg, rotation):
     row, column, normal = _axes(rotation)
     positions = _tilted_uneven_positions(row, column, normal, tilt_deg)
-    image = read_image(_write_series(tmp_path / "ramp", positions, row, column, _ramp))
+    image = read_image(write_ct_series(tmp_path / "ramp", positions, row, column, _ramp))
 
     direction = np.array(image.GetDirection()).reshape(3, 3)
     np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-6)
@@ -134,7 +99,7 @@ def test_a_bright_sphere_in_a_tilted_series_is_found_at_its_physical_centre(tmp_
 
     positions = [np.array([-20.0, -15.0, 10.0]) + d * (normal - np.tan(np.radians(18.5)) * column)
                  for d in np.arange(0.0, 22.1, 0.5)]
-    image = read_image(_write_series(tmp_path / "sphere", positions, row, column, sphere))
+    image = read_image(write_ct_series(tmp_path / "sphere", positions, row, column, sphere))
     values = sitk.GetArrayFromImage(image)
     weights = np.clip(values, 0, None)
     index = np.array(ndimage.center_of_mass(weights))[::-1]  # (x, y, z)
@@ -152,8 +117,8 @@ def test_a_bright_sphere_in_a_tilted_series_is_found_at_its_physical_centre(tmp_
 
 def test_the_largest_series_in_the_folder_is_the_one_resampled(tmp_path):
     row, column, normal = _axes(_rotation(-18.5, 0, 0))
-    folder = _write_series(tmp_path / "s", _tilted_uneven_positions(row, column, normal, 18.5), row, column, _ramp)
-    _write_series(folder, [np.zeros(3), np.array([0.0, 0.0, 9.0])], row, column, lambda p: 0 * p[..., 0],
+    folder = write_ct_series(tmp_path / "s", _tilted_uneven_positions(row, column, normal, 18.5), row, column, _ramp)
+    write_ct_series(folder, [np.zeros(3), np.array([0.0, 0.0, 9.0])], row, column, lambda p: 0 * p[..., 0],
                   stem="scout")
     image = read_image(folder)
     assert (image.GetSize()[2] - 1) * image.GetSpacing()[2] == pytest.approx(UNEVEN_DEPTHS[-1], abs=1e-4)
@@ -163,7 +128,7 @@ def test_the_largest_series_in_the_folder_is_the_one_resampled(tmp_path):
 def test_evenly_stacked_series_is_read_by_itk_unchanged(tmp_path):
     row, column, normal = _axes(_rotation(0, 0, 0))
     positions = [np.array([-20.0, -15.0, 10.0]) + d * normal for d in np.arange(8) * 2.5]
-    folder = _write_series(tmp_path / "even", positions, row, column, _ramp)
+    folder = write_ct_series(tmp_path / "even", positions, row, column, _ramp)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
     _assert_identical(read_image(folder), reader.Execute())
@@ -174,7 +139,7 @@ def test_evenly_stacked_series_is_read_by_itk_unchanged(tmp_path):
 
 def _axial_series(folder: Path, count: int = 5) -> Path:
     row, column, normal = _axes(_rotation(0, 0, 0))
-    return _write_series(folder, [np.array([0.0, 0.0, 3.0 * k]) for k in range(count)], row, column, _ramp)
+    return write_ct_series(folder, [np.array([0.0, 0.0, 3.0 * k]) for k in range(count)], row, column, _ramp)
 
 
 def _edit(path: Path, change) -> None:
@@ -261,7 +226,7 @@ def test_ge_tilt_slices_are_where_their_headers_say(ge_tilt, slice_number):
     ITK's reader (even spacing, no shear) gives other anatomy there."""
     image, straight, headers, row, column, _ = ge_tilt
     header = headers[slice_number]
-    points = _pixel_points(header.ImagePositionPatient, row, column, [float(v) for v in header.PixelSpacing],
+    points = pixel_points(header.ImagePositionPatient, row, column, [float(v) for v in header.PixelSpacing],
                            (header.Rows, header.Columns), step=4).reshape(-1, 3)
     truth = (header.pixel_array[::4, ::4].ravel() * float(header.RescaleSlope) + float(header.RescaleIntercept))
     inside = truth > -1100  # inside the scanner's field of view (padding is -1500)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from synthetic_dicom import write_ct_series
 
 from ppr.errors import PPRError
 from PPRTrainingLib.data_folders import images_in_folders
@@ -25,8 +27,12 @@ def make_folder(folder: Path, names: list[str]) -> Path:
 def test_volumes_and_dicom_series_are_found_and_label_maps_skipped(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "healthy", [
         "c.nii.gz", "a.NII", "b.nrrd", "d.mha", "e.mhd", "e.raw", "f_ich_mask.nii.gz", "g_seg.nrrd",
-        "labelmap.nii.gz", "notes.txt", "series1/1.dcm", "series1/2.dcm", "empty_dir/", "other/readme.md",
+        "labelmap.nii.gz", "notes.txt", "empty_dir/", "other/readme.md", "not_dicom/1.dcm",
     ])
+    # A real (tiny) DICOM series: a folder is a scan when GDCM finds a series in it, whatever the
+    # file names; empty files named .dcm are not one.
+    write_ct_series(folder / "series1", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0)], (1.0, 0.0, 0.0), (0.0, 1.0, 0.0),
+                    lambda points: np.zeros(points.shape[:-1]), shape=(4, 4), spacing=(1.0, 1.0))
     found = [path.name for path in images_in_folders([folder])]
     assert found == ["a.NII", "b.nrrd", "c.nii.gz", "d.mha", "e.mhd", "series1"]
 

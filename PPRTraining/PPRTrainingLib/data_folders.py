@@ -1,7 +1,7 @@
 """Find the head CT images to train on in the folders a user names.
 
 An image is a file with a volume suffix (NIfTI, NRRD, MetaImage) or a sub-folder holding a DICOM
-series (``*.dcm`` files). Label maps that sit beside the scans (``*_mask*``, ``*label*``,
+series (any file names GDCM reads, ``ppr.imageio.is_scan``). Label maps that sit beside the scans (``*_mask*``, ``*label*``,
 ``*seg*``) are skipped by default. This module only lists paths: it does not read or check images
 (``ppr`` does that when it trains) and does not decide which scans are healthy: the user does.
 """
@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ppr.errors import PPRError
-
-VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+from ppr.imageio import VOLUME_SUFFIXES, is_scan
 DEFAULT_EXCLUDES: tuple[str, ...] = ("*mask*", "*label*", "*seg*")
 
 
@@ -31,7 +30,7 @@ def images_in_folders(folders: Sequence[Path], exclude: Sequence[str] = DEFAULT_
         folder = Path(folder)
         if not folder.is_dir():
             raise PPRError(f"The data folder {folder} does not exist: check the path.")
-        found = [path for path in sorted(folder.iterdir()) if _is_image(path) and not _excluded(path, exclude)]
+        found = [path for path in sorted(folder.iterdir()) if is_scan(path) and not _excluded(path, exclude)]
         if not found:
             raise PPRError(
                 f"No head CT images found in {folder}: put healthy scans there as "
@@ -40,12 +39,6 @@ def images_in_folders(folders: Sequence[Path], exclude: Sequence[str] = DEFAULT_
             )
         images += found
     return _unique(images)
-
-
-def _is_image(path: Path) -> bool:
-    if path.is_file():
-        return path.name.lower().endswith(VOLUME_SUFFIXES)
-    return path.is_dir() and any(child.suffix.lower() == ".dcm" for child in path.iterdir())
 
 
 def _excluded(path: Path, exclude: Sequence[str]) -> bool:

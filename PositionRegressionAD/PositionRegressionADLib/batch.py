@@ -47,16 +47,9 @@ from PositionRegressionADLib.detection_logic import (
 from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress
 from PositionRegressionADLib.report import REGION_LABELS, WARNING_COLUMN, error_unit_of, table_row
 from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
-from PositionRegressionADLib.scene_io import (
-    VOLUME_SUFFIXES,
-    SceneContext,
-    is_volume_file,
-    load_volume,
-    save_node,
-    save_scene_mrb,
-)
+from PositionRegressionADLib.scene_io import SceneContext, load_volume, save_node, save_scene_mrb
 from ppr.errors import InputImageError, PPRError
-from ppr.imageio import read_image
+from ppr.imageio import VOLUME_SUFFIXES, read_image, scans_in
 
 SCORES_FILE_NAME = "scores.csv"
 MOOD_FOLDER_NAME = "mood"
@@ -97,17 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def find_scans(inputs: list[Path]) -> list[Path]:
-    """Volume files named directly or found (not recursively) in the named folders, in order."""
+    """The scans the inputs name, in order: files, DICOM series folders, and the image files and
+    DICOM series sub-folders of other folders (not deeper; ``ppr.imageio.scans_in``)."""
     scans: list[Path] = []
     for item in inputs:
-        if item.is_dir():
-            scans += sorted(path for path in item.iterdir() if path.is_file() and is_volume_file(path))
-        elif item.exists():
-            scans.append(item)
-        else:
+        if not item.exists():
             raise InputImageError(f"{item} does not exist: check the --input paths.")
+        scans += [item] if item.is_file() else scans_in(item)
     if not scans:
-        raise InputImageError(f"No scan found in --input (looked for {', '.join(VOLUME_SUFFIXES)}).")
+        raise InputImageError(f"No scan found in --input (looked for {', '.join(VOLUME_SUFFIXES)} files "
+                              "and folders holding a DICOM series).")
     return scans
 
 

@@ -18,10 +18,8 @@ import slicer
 import vtk
 
 from ppr.errors import InputImageError, OutputFileError, PPRError
-from ppr.imageio import read_image, write_atomically
+from ppr.imageio import VOLUME_SUFFIXES, holds_dicom_series, read_image, write_atomically
 from ppr.validation import check_volume
-
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class SceneFileError(PPRError):
@@ -82,18 +80,20 @@ class SceneContext:
                    volumes_logic=slicer.modules.volumes.logic())
 
 
-def is_volume_file(path: Path) -> bool:
-    return path.name.lower().endswith(VOLUME_SUFFIXES)
-
-
 def load_volume(context: SceneContext, path: Path, name: str | None = None) -> slicer.vtkMRMLScalarVolumeNode:
-    """Load a scalar volume (NIfTI, NRRD, MetaImage) into the context's scene.
+    """Load a scalar volume (NIfTI, NRRD, MetaImage, or a folder holding a DICOM series) into the
+    context's scene.
 
-    The file first passes the detector's own reader and checks (``ppr.imageio.read_image``,
+    The scan first passes the detector's own reader and checks (``ppr.imageio.read_image``,
     ``ppr.validation.check_volume``): a truncated file, a size beyond the limit, NaN or infinite
     voxels (Slicer's NIfTI reader makes them 0) and a 4D image (it would keep the first frame) are
-    refused with the same message as ``ppr detect``."""
+    refused with the same message as ``ppr detect``. A DICOM series is placed by that reader (by each
+    slice's position: gantry tilt and uneven spacing), not by ITK's even-spacing assumption."""
     path = Path(path).resolve()
+    if holds_dicom_series(path):
+        image = read_image(path)
+        check_volume(image)
+        return _volume_node(context, image, name or path.name)
     if not path.is_file():
         raise InputImageError(f"The file {path} does not exist: check the path.")
     check_volume(read_image(path))
@@ -101,6 +101,26 @@ def load_volume(context: SceneContext, path: Path, name: str | None = None) -> s
     node = context.volumes_logic.AddArchetypeVolume(str(path), node_name)
     if node is None or node.GetImageData() is None:
         raise InputImageError(f"{path.name} could not be read as a volume: use NIfTI, NRRD or MetaImage.")
+    return node
+
+
+def _volume_node(context: SceneContext, image, name: str) -> slicer.vtkMRMLScalarVolumeNode:
+    """A scalar volume node holding a SimpleITK image, its LPS geometry turned into RAS."""
+    import numpy as np
+    import SimpleITK as sitk
+    import slicer.util
+
+    node = context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", context.scene.GenerateUniqueName(name))
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    direction = lps_to_ras @ np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(3):
+        for column in range(3):
+            matrix.SetElement(row, column, direction[row, column])
+        matrix.SetElement(row, 3, (lps_to_ras @ np.asarray(image.GetOrigin()))[row])
+    node.SetIJKToRASMatrix(matrix)
+    node.CreateDefaultDisplayNodes()
     return node
 
 

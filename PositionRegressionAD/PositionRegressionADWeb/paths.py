@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from PositionRegressionADLib.model_card import CONFIG
 from ppr.errors import PPRError
+from ppr.imageio import holds_dicom_series
 
 # Single-file volume formats only: a detached header (.nhdr, .mhd, .hdr) names a data file that
 # could lie anywhere on the server.
@@ -78,10 +79,14 @@ def is_scan_name(name: str) -> bool:
 
 
 def resolve_scan(root: Path, name: object) -> Path:
-    """A scan file inside ``root`` (see ``resolve_under``) with a single-file volume suffix."""
+    """A scan inside ``root`` (see ``resolve_under``): a file with a single-file volume suffix, or a
+    folder holding a DICOM series."""
     path = resolve_under(root, name)
+    if path.is_dir() and holds_dicom_series(path):
+        return path
     if not path.is_file() or not is_scan_name(path.name):
-        raise PathRefusedError(f"{name!r} is not a scan file; the viewer opens {', '.join(SCAN_SUFFIXES)} files.")
+        raise PathRefusedError(f"{name!r} is not a scan; the viewer opens {', '.join(SCAN_SUFFIXES)} files "
+                               "and folders holding a DICOM series.")
     return path
 
 
@@ -125,12 +130,19 @@ def _accepted(root: Path, name: str) -> bool:
 
 
 def list_scans(root: Path, limit: int = MAX_LISTED) -> list[str]:
-    """Relative names of the scan files under ``root`` (model bundles' own files left out)."""
+    """Relative names of the scans under ``root``: scan files, and folders holding a DICOM series
+    (listed as one scan, not entered); model bundles' own files left out."""
     root = Path(root).resolve()
     found: list[str] = []
     for folder, relative, subfolders, files in _walk(root):
         if (folder / CONFIG).is_file():
             subfolders[:] = []  # a bundle's reference image is not a scan to open
+            continue
+        if relative and holds_dicom_series(folder) and _accepted(root, "/".join(relative)):
+            found.append("/".join(relative))
+            subfolders[:] = []
+            if len(found) >= limit:
+                return found
             continue
         for file_name in files:
             name = "/".join((*relative, file_name))

@@ -707,23 +707,17 @@ def _copy_bundle_files(source: Path, folder: Path) -> None:
                 shutil.copyfileobj(reading, writing)
 
 
-SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
 def calibration_scans(items: Sequence[str | Path]) -> list[Path]:
     """The scans named by ``items``, in order: a file is one scan; a folder holding a DICOM series
     is one scan; any other folder gives its image files (NIfTI, NRRD, MetaImage) and its
     sub-folders that hold a DICOM series, sorted by name (not deeper)."""
+    from ppr.imageio import scans_in  # here: imageio brings pydicom, which bundle loading does not need
+
     scans: list[Path] = []
     for item in map(Path, items):
         if not item.exists():
             raise PPRError(f"{item} does not exist: check the paths of the healthy scans.")
-        if item.is_file() or _holds_dicom_series(item):
-            scans.append(item)
-            continue
-        found = [path for path in sorted(item.iterdir()) if not path.name.startswith(".")
-                 and ((path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES))
-                      or (path.is_dir() and _holds_dicom_series(path)))]
+        found = [item] if item.is_file() else scans_in(item)
         if not found:
             raise PPRError(f"{item} holds no scan: give NIfTI / NRRD / MetaImage files or DICOM series "
                            "folders of healthy head CTs.")
@@ -731,14 +725,12 @@ def calibration_scans(items: Sequence[str | Path]) -> list[Path]:
     return scans
 
 
-def _holds_dicom_series(folder: Path) -> bool:
-    return folder.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
 def image_case_name(path: Path) -> str:
     """The case name of an image file: its file name without the image extension."""
+    from ppr.imageio import VOLUME_SUFFIXES  # here: see calibration_scans
+
     name = path.name
-    for suffix in SCAN_SUFFIXES:
+    for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -41,6 +41,35 @@ MAX_VOXELS = 1024 ** 3
 _CHUNK_BYTES = 1 << 20  # a multiple of every voxel size
 
 
+# Image files a scan may come as; a folder holding a DICOM series is a scan too.
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def holds_dicom_series(folder: PathLike) -> bool:
+    """True for a folder in which GDCM finds a DICOM series (file names need no .dcm suffix)."""
+    folder = Path(folder)
+    return folder.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def is_scan(path: PathLike) -> bool:
+    """An image file with a volume suffix, or a folder holding a DICOM series."""
+    path = Path(path)
+    if path.is_file():
+        return path.name.lower().endswith(VOLUME_SUFFIXES)
+    return holds_dicom_series(path)
+
+
+def scans_in(item: PathLike) -> list[Path]:
+    """The scans an input names: a file or a DICOM series folder is one scan; any other folder
+    gives its image files and its sub-folders that hold a DICOM series, sorted by name (not deeper)."""
+    item = Path(item)
+    if item.is_file() or holds_dicom_series(item):
+        return [item]
+    if not item.is_dir():
+        return []
+    return [path for path in sorted(item.iterdir()) if not path.name.startswith(".") and is_scan(path)]
+
+
 def read_image(path: PathLike) -> sitk.Image:
     """Read an image file, or the largest DICOM series in a folder, keeping its geometry.
 
