@@ -45,7 +45,7 @@ def test_ci_passes_only_when_tests_ran_and_passed(tmp_path: Path, repo_root: Pat
 
 
 def test_ci_runs_the_readme_test_command(repo_root: Path) -> None:
-    readme = (repo_root / "README.md").read_text()
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
     ci = (repo_root / ".ci" / "run").read_text()
     commands = re.findall(r"^\./run-\w+", readme, flags=re.MULTILINE)
     assert "./run-tests" in commands and "./run-demo" in commands

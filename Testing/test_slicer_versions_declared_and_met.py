@@ -32,7 +32,7 @@ def declared_minimum(repo_root: Path) -> str:
 def test_the_minimum_is_declared_once_and_the_readme_names_it(repo_root: Path):
     minimum = declared_minimum(repo_root)
     assert minimum in SLICER_PYTHON
-    assert f"3D Slicer {minimum} or newer" in (repo_root / "README.md").read_text()
+    assert f"3D Slicer {minimum} or newer" in (repo_root / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(("version", "accepted"), [("5.2", False), ("5.4", True), ("5.12", True)])
