@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from PositionRegressionADLib.run_state import TRAINING_WORDS, RunState, shown_then_recorded
+from PositionRegressionADLib.run_state import RunState, shown_then_recorded, training_words
 from PPRTrainingLib.logic import PPRTrainingLogic  # noqa: F401  (the module's logic, also for batch use)
 
 if getattr(sys.modules.get("slicer"), "app", None) is not None:
@@ -28,22 +28,25 @@ if getattr(sys.modules.get("slicer"), "app", None) is not None:
         ScriptedLoadableModuleTest,
         ScriptedLoadableModuleWidget,
     )
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
 else:
     # Plain Python, PythonSlicer or slicer-core: no application, so no module or widget either.
     ScriptedLoadableModule = None
+    from PositionRegressionADLib.run_state import untranslated as _
 
 
-_HELP_TEXT = """Train a Patch Position Regression model on healthy head CTs: choose one or more folders of
+_HELP_TEXT = _("""Train a Patch Position Regression model on healthy head CTs: choose one or more folders of
 healthy scans (NIfTI, NRRD, MetaImage or DICOM series sub-folders; files named *mask*, *label*, *seg*
 are skipped), optionally a folder of other healthy scans for the validation loss, and the folder of
 the new model bundle. Training runs in the background; Stop ends it. When it ends, loss curves and a
 summary are written next to the bundle. The same training runs without the GUI with
 <code>Slicer --no-main-window --python-script &lt;this module's folder&gt;/Scripts/train.py -- --data DIR --out BUNDLE</code>.
 <a href="https://github.com/PositionRegressionAD/SlicerPositionRegressionAD#training-a-model">Documentation</a>.
-"""
+""")
 
-_ACKNOWLEDGEMENT = """Method: F. Bieder, J. Wolleb, R. Sandkuehler, P. C. Cattin, "Position Regression for
-Unsupervised Anomaly Detection", MIDL 2022."""
+_ACKNOWLEDGEMENT = _("""Method: F. Bieder, J. Wolleb, R. Sandkuehler, P. C. Cattin, "Position Regression for
+Unsupervised Anomaly Detection", MIDL 2022.""")
 
 
 if ScriptedLoadableModule is not None:
@@ -51,8 +54,8 @@ if ScriptedLoadableModule is not None:
     class PPRTraining(ScriptedLoadableModule):
         def __init__(self, parent):
             ScriptedLoadableModule.__init__(self, parent)
-            self.parent.title = "PPR Training"
-            self.parent.categories = ["Quantification"]
+            self.parent.title = _("PPR Training")
+            self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
             # ppr and the run state live in the PositionRegressionAD module's folder.
             self.parent.dependencies = ["PositionRegressionAD"]
             self.parent.contributors = ["PositionRegressionAD developers"]
@@ -68,7 +71,7 @@ if ScriptedLoadableModule is not None:
             ScriptedLoadableModuleWidget.setup(self)
             self.logic = PPRTrainingLogic()
             self._run = None
-            self._state = RunState(TRAINING_WORDS)  # what the panel shows about the run: rendered only
+            self._state = RunState(training_words(_))  # what the panel shows about the run: rendered only
             self._plotting = True
             self._lossPlot = None
             self._losses: list[tuple[int, float]] = []
@@ -84,49 +87,49 @@ if ScriptedLoadableModule is not None:
 
         def _addDataSection(self) -> None:
             box = ctk.ctkCollapsibleButton()
-            box.text = "Data"
+            box.text = _("Data")
             self.layout.addWidget(box)
             form = qt.QFormLayout(box)
             self.dataFolderList = qt.QListWidget()
-            self.dataFolderList.toolTip = "Folders of healthy head CTs to train on"
-            addButton = qt.QPushButton("Add folder...")
-            removeButton = qt.QPushButton("Remove")
+            self.dataFolderList.toolTip = _("Folders of healthy head CTs to train on")
+            addButton = qt.QPushButton(_("Add folder..."))
+            removeButton = qt.QPushButton(_("Remove"))
             addButton.connect("clicked()", self._onAddFolder)
             removeButton.connect("clicked()", self._onRemoveFolder)
             buttons = qt.QHBoxLayout()
             buttons.addWidget(addButton)
             buttons.addWidget(removeButton)
-            form.addRow("Healthy scans:", self.dataFolderList)
+            form.addRow(_("Healthy scans:"), self.dataFolderList)
             form.addRow("", buttons)
             self.validationFolderEdit = ctk.ctkPathLineEdit()
             self.validationFolderEdit.filters = ctk.ctkPathLineEdit.Dirs
-            self.validationFolderEdit.toolTip = "Other healthy scans, for the validation loss (optional)"
-            form.addRow("Validation scans:", self.validationFolderEdit)
+            self.validationFolderEdit.toolTip = _("Other healthy scans, for the validation loss (optional)")
+            form.addRow(_("Validation scans:"), self.validationFolderEdit)
             self.bundleEdit = ctk.ctkPathLineEdit()
             self.bundleEdit.filters = ctk.ctkPathLineEdit.Dirs
-            self.bundleEdit.toolTip = "Folder of the new model bundle"
-            form.addRow("Model bundle:", self.bundleEdit)
+            self.bundleEdit.toolTip = _("Folder of the new model bundle")
+            form.addRow(_("Model bundle:"), self.bundleEdit)
 
         def _addOptionsSection(self) -> None:
             box = ctk.ctkCollapsibleButton()
-            box.text = "Options"
+            box.text = _("Options")
             box.collapsed = True
             self.layout.addWidget(box)
             form = qt.QFormLayout(box)
             self.maxMinutesSpin = qt.QDoubleSpinBox()
             self.maxMinutesSpin.setRange(0.0, 100000.0)
             self.maxMinutesSpin.value = 60.0
-            self.maxMinutesSpin.suffix = " min"
-            self.maxMinutesSpin.toolTip = "Stop training after this time (0: the ppr default)"
-            form.addRow("Time limit:", self.maxMinutesSpin)
+            self.maxMinutesSpin.suffix = _(" min")
+            self.maxMinutesSpin.toolTip = _("Stop training after this time (0: the ppr default)")
+            form.addRow(_("Time limit:"), self.maxMinutesSpin)
             self.extraArgsEdit = qt.QLineEdit()
-            self.extraArgsEdit.placeholderText = "e.g. --m 16 --size 256 --prewindowed"
-            self.extraArgsEdit.toolTip = "More options of `python -m ppr train`"
-            form.addRow("More options:", self.extraArgsEdit)
+            self.extraArgsEdit.placeholderText = _("e.g. --m 16 --size 256 --prewindowed")
+            self.extraArgsEdit.toolTip = _("More options of `python -m ppr train`")
+            form.addRow(_("More options:"), self.extraArgsEdit)
 
         def _addRunSection(self) -> None:
-            self.startButton = qt.QPushButton("Start training")
-            self.stopButton = qt.QPushButton("Stop")
+            self.startButton = qt.QPushButton(_("Start training"))
+            self.stopButton = qt.QPushButton(_("Stop"))
             self.startButton.connect("clicked()", self._onStart)
             self.stopButton.connect("clicked()", self._onStop)
             buttons = qt.QHBoxLayout()
@@ -141,7 +144,7 @@ if ScriptedLoadableModule is not None:
             self.layout.addWidget(self.statusLabel)
 
         def _onAddFolder(self) -> None:
-            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Folder of healthy head CTs")
+            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder of healthy head CTs"))
             if folder:
                 self.dataFolderList.addItem(folder)
             self._render()
@@ -155,7 +158,7 @@ if ScriptedLoadableModule is not None:
             folders = [Path(self.dataFolderList.item(i).text()) for i in range(self.dataFolderList.count)]
             validation = [Path(self.validationFolderEdit.currentPath)] if self.validationFolderEdit.currentPath else []
             if not self.bundleEdit.currentPath:
-                raise ValueError("Choose the folder of the new model bundle.")
+                raise ValueError(_("Choose the folder of the new model bundle."))
             extra = shlex.split(self.extraArgsEdit.text)
             if self.maxMinutesSpin.value > 0:
                 extra += ["--max-minutes", f"{self.maxMinutesSpin.value:g}"]
@@ -165,7 +168,7 @@ if ScriptedLoadableModule is not None:
             if not self._state.view().can_start:
                 return  # a click that arrived while PyTorch was installing
             # tryWithErrorDisplay shows the error, then re-raises it: the state takes it from there.
-            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True),
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay(_("Training could not start."), waitCursor=True),
                                      self._state.failed):
                 self._startTraining()
             self._render()
@@ -173,14 +176,14 @@ if ScriptedLoadableModule is not None:
         def _startTraining(self) -> None:
             request = self._request()
             if not self._ensureTorch():
-                self._state.not_started("Training needs PyTorch, which was not installed.")
+                self._state.not_started(_("Training needs PyTorch, which was not installed."))
                 return
             self._losses, self._valLosses = [], []
             self._lossPlot, self._plotting = None, True
             self._bundle = request.bundle
             self._run = self.logic.start(request)
             self._state.started()
-            self._state.progress(0.0, f"Training on {len(request.images)} scans...")
+            self._state.progress(0.0, _("Training on {count} scans...").format(count=len(request.images)))
             self._timer.start()
 
         def _onStop(self) -> None:
@@ -206,7 +209,7 @@ if ScriptedLoadableModule is not None:
             if self._run.finished():
                 self._timer.stop()
                 run, self._run = self._run, None
-                with shown_then_recorded(slicer.util.tryWithErrorDisplay("Training failed."), self._state.failed):
+                with shown_then_recorded(slicer.util.tryWithErrorDisplay(_("Training failed.")), self._state.failed):
                     self._onFinished(run.outcome())
             self._render()
 
@@ -224,18 +227,19 @@ if ScriptedLoadableModule is not None:
                 return
             if not outcome.succeeded:
                 self._state.failed(outcome.error_message)
-                slicer.util.errorDisplay(outcome.error_message, windowTitle="PPR Training")
+                slicer.util.errorDisplay(outcome.error_message, windowTitle=_("PPR Training"))
                 return
-            self._state.succeeded(f"Model bundle written to {self._bundle} ({outcome.seconds / 60:.1f} min).")
+            self._state.succeeded(_("Model bundle written to {bundle} ({minutes} min).").format(
+                bundle=self._bundle, minutes=f"{outcome.seconds / 60:.1f}"))
             self._render()
             # The bundle is there whatever happens to the report: a failed report is a note, not a failure.
-            with shown_then_recorded(slicer.util.tryWithErrorDisplay("The training report could not be written."),
-                                     lambda error: self._state.note(f"No report: {error}")):
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay(_("The training report could not be written.")),
+                                     lambda error: self._state.note(_("No report: {reason}").format(reason=error))):
                 if not self._ensureMatplotlib():
-                    self._state.note("No report: it needs matplotlib, which was not installed.")
+                    self._state.note(_("No report: it needs matplotlib, which was not installed."))
                     return
                 report = self.logic.write_report(self._bundle)
-                self._state.note(f"Report: {report.figure}")
+                self._state.note(_("Report: {figure}").format(figure=report.figure))
 
         def _ensureTorch(self) -> bool:
             """PyTorch in Slicer's Python (the trainer runs there), from the PyTorch extension; False if declined."""
@@ -249,10 +253,10 @@ if ScriptedLoadableModule is not None:
             try:
                 import PyTorchUtils
             except ImportError as error:
-                raise RuntimeError(
+                raise RuntimeError(_(
                     "Training needs the PyTorch extension: install it with the Extensions Manager, "
                     "restart Slicer, then start the training again."
-                ) from error
+                )) from error
             self._state.installing()
             self._render()  # Start is disabled during the install: clicks meanwhile do nothing
             return PyTorchUtils.PyTorchUtilsLogic().installTorch(
@@ -264,7 +268,7 @@ if ScriptedLoadableModule is not None:
                 import matplotlib  # noqa: F401
             except ImportError:
                 # Slicer's Python does not ship matplotlib; the report needs it.
-                if not slicer.util.confirmOkCancelDisplay("The training report needs matplotlib. Install it now?"):
+                if not slicer.util.confirmOkCancelDisplay(_("The training report needs matplotlib. Install it now?")):
                     return False
                 slicer.util.pip_install("matplotlib")
             return True

@@ -23,7 +23,7 @@ from PositionRegressionADLib.detection_logic import (
     first_input_volume,
     result_volume_ids,
 )
-from PositionRegressionADLib.run_state import DETECTION_WORDS, RunState, shown_then_recorded
+from PositionRegressionADLib.run_state import RunState, detection_words, shown_then_recorded
 
 if getattr(sys.modules.get("slicer"), "app", None) is not None:
     # Inside the Slicer application (it imports slicer before any module file). No try/except: an
@@ -39,13 +39,16 @@ if getattr(sys.modules.get("slicer"), "app", None) is not None:
         ScriptedLoadableModuleTest,
         ScriptedLoadableModuleWidget,
     )
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
     from slicer.util import VTKObservationMixin
 else:
     # Plain Python, PythonSlicer or slicer-core: no application, so no module or widget either.
     ScriptedLoadableModule = None
+    from PositionRegressionADLib.run_state import untranslated as _
 
 
-_HELP_TEXT = """Detect anomalies (haemorrhage, fracture, anything unlike a healthy head) in a head CT.
+_HELP_TEXT = _("""Detect anomalies (haemorrhage, fracture, anything unlike a healthy head) in a head CT.
 Choose the CT and click <b>Detect anomalies</b>. A network trained on healthy heads only guesses where
 each small patch of the scan sits in the head; where it cannot, the <i>position error</i> is high.
 The error map is shown over the slices (only error above the threshold), on the skull surface, as
@@ -53,11 +56,11 @@ per-region scores and as <i>anomaly candidates</i> to review in the Segment Edit
 tool, not a diagnosis. Many scans at once, without the main window:
 <code>Slicer --no-main-window --python-script &lt;this module's folder&gt;/Scripts/batch.py -- --input FOLDER
 --output FOLDER</code>. <a href="https://github.com/PositionRegressionAD/SlicerPositionRegressionAD#readme">Documentation</a>.
-"""
+""")
 
-_ACKNOWLEDGEMENT = """Method: F. Bieder, J. Wolleb, R. Sandkuehler, P. C. Cattin, "Position Regression for
+_ACKNOWLEDGEMENT = _("""Method: F. Bieder, J. Wolleb, R. Sandkuehler, P. C. Cattin, "Position Regression for
 Unsupervised Anomaly Detection", MIDL 2022. The bundled model was trained on head CTs of PhysioNet CT-ICH
-(M. Hssayeni, doi:10.13026/w8q8-ky94, CC BY 4.0)."""
+(M. Hssayeni, doi:10.13026/w8q8-ky94, CC BY 4.0).""")
 
 DEVICE_CHOICES = ["auto", "cuda", "cpu"]
 
@@ -67,8 +70,8 @@ if ScriptedLoadableModule is not None:
     class PositionRegressionAD(ScriptedLoadableModule):
         def __init__(self, parent):
             ScriptedLoadableModule.__init__(self, parent)
-            self.parent.title = "Position Regression AD"
-            self.parent.categories = ["Quantification"]
+            self.parent.title = _("Position Regression AD")
+            self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
             self.parent.dependencies = []
             self.parent.contributors = ["PositionRegressionAD developers"]
             self.parent.helpText = _HELP_TEXT
@@ -107,7 +110,7 @@ if ScriptedLoadableModule is not None:
             self._parameterNode = None
             self._parameterNodeGuiTag = None
             self._run = None
-            self._state = RunState(DETECTION_WORDS)  # what the panel shows about the run: rendered only
+            self._state = RunState(detection_words(_))  # what the panel shows about the run: rendered only
             self._timer = None
             self.calibration = CalibrationPanel(CalibrationLogic())  # "Calibrate on my scanner"
             self._calibrationTimer = None
@@ -173,7 +176,7 @@ if ScriptedLoadableModule is not None:
                 self._timer.stop()
                 run, self._run = self._run, None
                 run.cancel()
-                self._state.cancelled("Cancelled: the scene was closed.")
+                self._state.cancelled(_("Cancelled: the scene was closed."))
             self.setParameterNode(None)
 
         def onSceneEndClose(self, caller, event) -> None:
@@ -281,7 +284,8 @@ if ScriptedLoadableModule is not None:
             try:
                 self._deviceProbe = DeviceProbe(default_python_command(), child_environment())
             except Exception as error:  # noqa: BLE001 - the panel must open whatever is wrong here
-                self.ui.deviceInfoLabel.text = f"The compute devices could not be checked: {error}"
+                self.ui.deviceInfoLabel.text = _("The compute devices could not be checked: {reason}").format(
+                    reason=error)
                 return
             self._deviceTimer.start()
 
@@ -301,14 +305,14 @@ if ScriptedLoadableModule is not None:
                     self._run.cancel()  # the timer then ends the run as cancelled
                 return
             # tryWithErrorDisplay shows the error, then re-raises it: the state takes it from there.
-            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Detection could not start.", waitCursor=True),
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay(_("Detection could not start."), waitCursor=True),
                                      self._state.failed):
                 self._startDetection()
             self.updateGUIFromParameterNode()
 
         def _startDetection(self) -> None:
             if not self.ensureTorch():
-                self._state.not_started("Detection needs PyTorch, which was not installed.")
+                self._state.not_started(_("Detection needs PyTorch, which was not installed."))
                 return
             self._run = self.detection.start(self._parameterNode.inputVolume, self._options())
             self._state.started()
@@ -337,17 +341,17 @@ if ScriptedLoadableModule is not None:
             try:
                 import PyTorchUtils
             except ImportError:
-                raise RuntimeError("This module needs PyTorch: install the PyTorch extension from the "
-                                   "Extensions Manager, restart Slicer and try again.")
+                raise RuntimeError(_("This module needs PyTorch: install the PyTorch extension from the "
+                                     "Extensions Manager, restart Slicer and try again."))
             if not slicer.util.confirmOkCancelDisplay(
-                    "Detection needs PyTorch, which is not installed yet. Install it now? "
-                    "It is a large download (several minutes)."):
+                    _("Detection needs PyTorch, which is not installed yet. Install it now? "
+                      "It is a large download (several minutes).")):
                 return False
             self._state.installing()
             self._render()  # the button is disabled during the install: clicks meanwhile do nothing
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(
                     askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
-                raise RuntimeError("PyTorch could not be installed: see the Python console for the reason.")
+                raise RuntimeError(_("PyTorch could not be installed: see the Python console for the reason."))
             self._startDeviceProbe()
             return True
 
@@ -359,10 +363,10 @@ if ScriptedLoadableModule is not None:
                 return
             self._timer.stop()
             run, self._run = self._run, None
-            self._state.progress(1.0, "Adding the results to the scene...")
+            self._state.progress(1.0, _("Adding the results to the scene..."))
             self._render()
             slicer.app.processEvents()
-            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Detection failed.", waitCursor=True),
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay(_("Detection failed."), waitCursor=True),
                                      self._state.failed):
                 self._finishDetection(run)
             self.updateGUIFromParameterNode()
@@ -380,7 +384,7 @@ if ScriptedLoadableModule is not None:
             if not self._state.away:
                 self.onJumpToMax()  # moving the views under a user who is elsewhere would surprise them
             seconds = results.scores.GetTable().GetColumnByName("Seconds").GetValue(0)
-            self._state.succeeded(f"Done in {seconds:.0f} s.")
+            self._state.succeeded(_("Done in {seconds} s.").format(seconds=f"{seconds:.0f}"))
 
         # ---- calibration on the user's scanner (ppr calibrate in a child, like a detection) ---
 
@@ -395,18 +399,18 @@ if ScriptedLoadableModule is not None:
         def onCalibrateButton(self) -> None:
             from PositionRegressionADLib.devices import torch_installed
 
-            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Calibration could not start.", waitCursor=True),
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay(_("Calibration could not start."), waitCursor=True),
                                      self.calibration.state.failed):
                 if not self.calibration.running and not torch_installed():
-                    raise RuntimeError("Calibration needs PyTorch: click Detect anomalies once (it offers to "
-                                       "install PyTorch), then calibrate.")
+                    raise RuntimeError(_("Calibration needs PyTorch: click Detect anomalies once (it offers to "
+                                         "install PyTorch), then calibrate."))
                 self.calibration.click(self._modelPath(), self.ui.calibrationScansPathLineEdit.currentPath,
                                        self.ui.calibrationOutputPathLineEdit.currentPath, self._parameterNode.device)
                 self._calibrationTimer.start()
             self._renderCalibration()
 
         def onCalibrationTimer(self) -> None:
-            with shown_then_recorded(slicer.util.tryWithErrorDisplay("Calibration failed.", waitCursor=True),
+            with shown_then_recorded(slicer.util.tryWithErrorDisplay(_("Calibration failed."), waitCursor=True),
                                      self.calibration.state.failed):
                 outcome = self.calibration.tick()
                 if outcome is not None and self._parameterNode is not None:

@@ -253,6 +253,9 @@ def install_slicer_gui_stubs(monkeypatch, scene, module_dir: Path, tmp_path: Pat
     monkeypatch.setitem(sys.modules, "qt", qt)
     monkeypatch.setitem(sys.modules, "ctk", ctk)
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", _wrapper_module(record))
+    # Slicer's translation functions (slicer.i18n): no translator here, the English text.
+    monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(tr=lambda text: text,
+                                                                         translate=lambda context, text: text))
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", _scripted_module(module_dir))
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer, "app", app, raising=False)

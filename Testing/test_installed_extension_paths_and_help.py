@@ -39,7 +39,10 @@ def test_installed_a_missing_sample_says_to_pass_a_scan(tmp_path: Path, monkeypa
 def help_text(module_file: Path) -> str:
     for node in ast.parse(module_file.read_text()).body:
         if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["_HELP_TEXT"]:
-            return ast.literal_eval(node.value)
+            # _HELP_TEXT = _("""...""") : the literal inside Slicer's translation call
+            value = node.value
+            assert isinstance(value, ast.Call) and getattr(value.func, "id", "") == "_", "help text not translatable"
+            return ast.literal_eval(value.args[0])
     raise AssertionError(f"no _HELP_TEXT in {module_file}")
 
 

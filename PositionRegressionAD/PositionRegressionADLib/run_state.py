@@ -68,12 +68,26 @@ class RunWords:
     failed: str
 
 
-DETECTION_WORDS = RunWords(start="Detect anomalies", cancel="Cancel", cancelling="Cancelling...",
-                           starting="Starting...", installing="Installing PyTorch (several minutes)...",
-                           cancelled="Cancelled.", failed="Detection failed")
-TRAINING_WORDS = RunWords(start="Start training", cancel="Stop", cancelling="Stopping...",
-                          starting="Starting...", installing="Installing PyTorch (several minutes)...",
-                          cancelled="Training stopped.", failed="Training failed")
+def untranslated(text: str) -> str:
+    return text
+
+
+# The words take Slicer's translation function (``slicer.i18n.tr``, imported as ``_`` by the module
+# files); Qt's lupdate finds the ``_("...")`` literals below. Outside Slicer they stay English.
+def detection_words(_: Callable[[str], str] = untranslated) -> RunWords:
+    return RunWords(start=_("Detect anomalies"), cancel=_("Cancel"), cancelling=_("Cancelling..."),
+                    starting=_("Starting..."), installing=_("Installing PyTorch (several minutes)..."),
+                    cancelled=_("Cancelled."), failed=_("Detection failed"))
+
+
+def training_words(_: Callable[[str], str] = untranslated) -> RunWords:
+    return RunWords(start=_("Start training"), cancel=_("Stop"), cancelling=_("Stopping..."),
+                    starting=_("Starting..."), installing=_("Installing PyTorch (several minutes)..."),
+                    cancelled=_("Training stopped."), failed=_("Training failed"))
+
+
+DETECTION_WORDS = detection_words()
+TRAINING_WORDS = training_words()
 
 
 @dataclass(frozen=True)
