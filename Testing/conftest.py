@@ -38,11 +38,11 @@ def tiny_bundle(tmp_path_factory, dev_data_dir) -> Path:
     """An untrained, tiny model bundle on a dev reference (64^3 at 4 mm, m = 2): the numbers it gives
     mean nothing about anomalies, but they are the core's, so tests can check they arrive unchanged."""
     torch = pytest.importorskip("torch")
-    from ppr.bundle import save_bundle
+    from ppr.workflows.bundle import save_bundle
     from ppr.config import PreprocessConfig
-    from ppr.imageio import read_image
-    from ppr.network import PPRNet
-    from ppr.preprocess import prepare_reference
+    from ppr.image.imageio import read_image
+    from ppr.networks.network import PPRNet
+    from ppr.image.preprocess import prepare_reference
 
     config = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
     reference = prepare_reference(read_image(dev_data_dir / "ctich_054.nii.gz"), config)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from PositionRegressionADLib.process import ProcessOutcome
 from PositionRegressionADLib.testing import AIR, BACKGROUND_ERROR_MM, InProcessFakeDetection, fake_error_map
-from ppr.cli_detect import z_map_path
+from ppr.cli.detect import z_map_path
 # The error (mm) peaks at LESION_LPS (left frontal brain), z at SKULL_POINT_LPS (the forehead's skull).
 from synthetic_heads import LESION_LPS, SKULL_POINT_LPS
 
@@ -30,7 +30,7 @@ class CalibratedFakeDetection(InProcessFakeDetection):
     a z-map that was never written."""
 
     write_z_map = True
-    # What ppr.reliability.Reliability.to_json_dict gives for a scan like the calibration's.
+    # What ppr.statistics.reliability.Reliability.to_json_dict gives for a scan like the calibration's.
     reliability = {"reliable": True, "brain_median_z": 0.1, "fraction_above_threshold": 0.012,
                    "healthy_brain_median_z": [-0.4, 0.4], "healthy_fraction_above_threshold": [0.0, 0.09],
                    "margin_z": 2.0, "margin_fraction": 0.25, "range_source": "calibration", "message": ""}

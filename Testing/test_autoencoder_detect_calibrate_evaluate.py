@@ -15,13 +15,14 @@ import SimpleITK as sitk
 import torch
 
 from ppr.__main__ import main
-from ppr.autoencoder import AutoEncoder3D
-from ppr.bundle import load_bundle, save_bundle, write_checksums
-from ppr.calibration import CalibrationConfig, calibrate_bundle, fit_calibration, save_calibration
+from ppr.networks.autoencoder import AutoEncoder3D
+from ppr.workflows.bundle import load_bundle, save_bundle, write_checksums
+from ppr.statistics.calibration import CalibrationConfig, fit_calibration, save_calibration
+from ppr.workflows.calibrate import calibrate_bundle
 from ppr.config import PreprocessConfig
-from ppr.detection import DetectOptions, detect
-from ppr.network import PPRNet
-from ppr.preprocess import prepare_reference
+from ppr.workflows.detection import DetectOptions, detect
+from ppr.networks.network import PPRNet
+from ppr.image.preprocess import prepare_reference
 from synthetic_heads import make_head_to_physical, synthetic_head
 
 # 5 mm: at 7.5 mm the synthetic skull, clipped to the window before smoothing, blurs below the

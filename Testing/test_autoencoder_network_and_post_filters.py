@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppr.autoencoder import AutoEncoder3D, check_grid, post_filter, reconstruct, residual_map
+from ppr.networks.autoencoder import AutoEncoder3D, check_grid, post_filter, reconstruct, residual_map
 from ppr.errors import PPRError
 
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from ppr.autoencoder import AutoEncoder3D, reconstruct
-from ppr.bundle import BundleError, load_bundle, save_bundle, write_checksums
+from ppr.networks.autoencoder import AutoEncoder3D, reconstruct
+from ppr.workflows.bundle import BundleError, load_bundle, save_bundle, write_checksums
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
-from ppr.network import PPRNet
-from ppr.training import TrainConfig, TrainingVolume, train, train_bundle
+from ppr.networks.network import PPRNet
+from ppr.networks.training import TrainConfig, TrainingVolume, train
+from ppr.workflows.train import train_bundle
 
 GRID = 32
 

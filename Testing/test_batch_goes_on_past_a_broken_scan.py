@@ -58,7 +58,7 @@ def test_a_broken_scan_gets_a_failure_row_and_the_others_their_results(scans, tm
     assert [row["Scan"] for row in written] == ["head_a", "head_b", "head_broken"]
     assert [row["Status"] for row in written] == ["ok", "ok", "failed"]
     broken = written[2]
-    # The same reader and message as `ppr detect` (ppr.imageio.read_image).
+    # The same reader and message as `ppr detect` (ppr.image.imageio.read_image).
     assert "head_broken.nii.gz could not be read as an image" in broken["Reason"]
     assert broken["Left hemisphere"] == "" and broken["Error map"] == "" and broken["Seconds"] == ""
     assert float(broken["Total seconds"]) > 0

@@ -17,8 +17,8 @@ from PositionRegressionADLib.batch import BatchSettings, build_parser, mood_case
 from PositionRegressionADLib.detection_logic import DetectionOptions
 from PositionRegressionADLib.testing import InProcessFakeDetection
 from fake_calibrated_detector import CALIBRATED_THRESHOLD_Z, CalibratedFakeDetection
-from ppr.calibration import Calibration, CalibrationConfig
-from ppr.mood import MoodNormalisation
+from ppr.statistics.calibration import Calibration, CalibrationConfig
+from ppr.workflows.mood import MoodNormalisation
 from synthetic_heads import oblique_direction, synthetic_head
 
 SCANS = {"head_a": (25.0, 0.0, 20.0), "head_b": (-25.0, -10.0, 10.0)}

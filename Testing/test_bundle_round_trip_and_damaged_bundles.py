@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ppr.bundle import CALIBRATION, CHECKSUMS, CONFIG, FORMAT_VERSION, WEIGHTS, load_bundle, save_bundle, write_checksums
+from ppr.workflows.bundle import CALIBRATION, CHECKSUMS, CONFIG, FORMAT_VERSION, WEIGHTS, load_bundle, save_bundle, write_checksums
 from ppr.config import PreprocessConfig
 from ppr.errors import BundleError
-from ppr.network import PPRNet
+from ppr.networks.network import PPRNet
 
 CONFIG_SMALL = PreprocessConfig(size=32, spacing_mm=8.0, prewindowed=True)
 
@@ -164,7 +164,7 @@ def test_saving_over_a_bundle_replaces_it_completely(bundle_dir: Path, network: 
 
 
 def test_a_listed_calibration_is_loaded_with_the_bundle(bundle_dir: Path) -> None:
-    from ppr.calibration import Calibration, CalibrationConfig, save_calibration
+    from ppr.statistics.calibration import Calibration, CalibrationConfig, save_calibration
 
     median = np.full((8, 8, 8), 12.5, np.float32)
     calibration = Calibration(median, np.ones_like(median), (32, 32, 32), 3, ("a", "b", "c"), 3.1,

@@ -14,10 +14,11 @@ import pytest
 import SimpleITK as sitk
 
 from ppr.__main__ import main
-from ppr.bundle import CALIBRATION, load_bundle, sha256_file
-from ppr.calibration import block_samples, calibration_scans
-from ppr.cli_calibrate import shipped_models_dir
-from ppr.detection import DetectOptions, detect
+from ppr.workflows.bundle import CALIBRATION, load_bundle, sha256_file
+from ppr.statistics.calibration import block_samples
+from ppr.workflows.calibrate import calibration_scans
+from ppr.cli.calibrate import shipped_models_dir
+from ppr.workflows.detection import DetectOptions, detect
 from test_field_of_view_cut_places_are_not_measured import crop_top
 
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ppr.calibration import Aggregation, aggregate
-from ppr.scores import region_scores
+from ppr.statistics.calibration import Aggregation, aggregate
+from ppr.statistics.scores import region_scores
 
 
 def test_each_aggregate_on_known_values() -> None:
@@ -46,7 +46,7 @@ def test_bad_methods_and_parameters_are_refused() -> None:
 
 
 def test_any_configured_aggregation_scores_regions_inside_the_head() -> None:
-    # ppr.scores.region_scores (shared with the detection) takes an Aggregation as its aggregate
+    # ppr.statistics.scores.region_scores (shared with the detection) takes an Aggregation as its aggregate
     score_map = np.zeros((4, 4, 4))
     score_map[:, :, :2] = 1.0
     score_map[0, 0, 3] = 9.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ppr.calibration import CalibrationConfig, fit_calibration, load_calibration, save_calibration, z_map
+from ppr.statistics.calibration import CalibrationConfig, fit_calibration, load_calibration, save_calibration, z_map
 
 SHAPE = (32, 32, 32)
 

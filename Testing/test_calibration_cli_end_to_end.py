@@ -12,10 +12,10 @@ import SimpleITK as sitk
 import torch
 
 from ppr.__main__ import main
-from ppr.bundle import load_bundle, save_bundle, sha256_file
+from ppr.workflows.bundle import load_bundle, save_bundle, sha256_file
 from ppr.config import PreprocessConfig
-from ppr.network import PPRNet
-from ppr.preprocess import prepare_reference
+from ppr.networks.network import PPRNet
+from ppr.image.preprocess import prepare_reference
 
 CONFIG = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
 HEALTHY = ("ctich_056", "ctich_057", "ctich_100")

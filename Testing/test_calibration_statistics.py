@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ppr.calibration import (
+from ppr.statistics.calibration import (
     CalibrationConfig,
     block_samples,
     fit_calibration,
@@ -146,7 +146,7 @@ def test_missing_or_corrupt_file_raises_bundle_error(tmp_path) -> None:
 
 
 def test_robust_statistics_equal_numpy_nanmedian_with_gaps() -> None:
-    from ppr.calibration import robust_statistics
+    from ppr.statistics.calibration import robust_statistics
 
     rng = np.random.default_rng(4)
     samples = rng.normal(size=(9, 5, 6)).astype(np.float32)

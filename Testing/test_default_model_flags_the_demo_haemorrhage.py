@@ -13,9 +13,9 @@ import scipy.ndimage
 import SimpleITK as sitk
 
 from PositionRegressionADLib.detection_logic import default_model_path
-from ppr.bundle import load_bundle
-from ppr.detection import DetectOptions, detect
-from ppr.imageio import read_image
+from ppr.workflows.bundle import load_bundle
+from ppr.workflows.detection import DetectOptions, detect
+from ppr.image.imageio import read_image
 
 
 @pytest.mark.slow

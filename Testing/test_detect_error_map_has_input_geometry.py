@@ -11,12 +11,12 @@ import SimpleITK as sitk
 import torch
 
 from ppr.__main__ import main
-from ppr.bundle import load_bundle, save_bundle
+from ppr.workflows.bundle import load_bundle, save_bundle
 from ppr.config import PreprocessConfig
-from ppr.detection import DetectOptions, detect
+from ppr.workflows.detection import DetectOptions, detect
 from ppr.errors import InputImageError
-from ppr.network import PPRNet
-from ppr.preprocess import prepare_reference
+from ppr.networks.network import PPRNet
+from ppr.image.preprocess import prepare_reference
 from synthetic_heads import make_head_to_physical, oblique_direction, synthetic_head
 
 CONFIG = PreprocessConfig(size=40, spacing_mm=6.0)

@@ -14,14 +14,14 @@ import SimpleITK as sitk
 import torch
 
 from ppr.__main__ import main
-from ppr.bundle import CALIBRATION, load_bundle, save_bundle, write_checksums
-from ppr.calibration import CalibrationConfig, aggregate, fit_calibration, save_calibration, z_map
-from ppr.cli_detect import z_map_path
+from ppr.workflows.bundle import CALIBRATION, load_bundle, save_bundle, write_checksums
+from ppr.statistics.calibration import CalibrationConfig, aggregate, fit_calibration, save_calibration, z_map
+from ppr.cli.detect import z_map_path
 from ppr.config import PreprocessConfig
-from ppr.detection import DetectOptions, detect
-from ppr.geometry import to_input_space
-from ppr.network import PPRNet
-from ppr.preprocess import prepare_reference
+from ppr.workflows.detection import DetectOptions, detect
+from ppr.image.geometry import to_input_space
+from ppr.networks.network import PPRNet
+from ppr.image.preprocess import prepare_reference
 from synthetic_heads import make_head_to_physical, oblique_direction, synthetic_head
 
 CONFIG = PreprocessConfig(size=40, spacing_mm=6.0)
@@ -74,7 +74,7 @@ def test_the_z_map_is_the_calibrated_error_inside_the_head_on_the_input_grid(cal
     assert result.score_map == "z"
     errors = sitk.GetArrayFromImage(result.error_map_model)
     # z is computed on the measured head only (the head less places whose patch meets a cut of the
-    # scan's box: ppr.field_of_view); it is 0 elsewhere.
+    # scan's box: ppr.image.field_of_view); it is 0 elsewhere.
     head = sitk.GetArrayFromImage(result.measured_mask_model) > 0
     expected = np.where(head, z_map(errors, bundle.calibration), 0.0)
     np.testing.assert_allclose(sitk.GetArrayFromImage(result.z_map_model), expected, atol=1e-5)

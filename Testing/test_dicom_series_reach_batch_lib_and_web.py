@@ -16,7 +16,7 @@ from PositionRegressionADLib.batch import find_scans, main as batch_main
 from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.scene_io import SceneContext, load_volume
 from PositionRegressionADWeb.paths import list_scans, resolve_scan
-from ppr.imageio import read_image
+from ppr.image.imageio import read_image
 
 REAL_DICOM = DEV_DATA_DIR.parent / "real-hu-dicom"
 pytestmark = pytest.mark.skipif(not (REAL_DICOM / "ge-tilt").is_dir(), reason="real DICOM series not available")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ppr.evaluation import average_precision, bootstrap_ci, roc_auc
+from ppr.statistics.metrics import average_precision, bootstrap_ci, roc_auc
 
 
 def _cases(seed: int = 0, n_pos: int = 8, n_neg: int = 24) -> tuple[np.ndarray, np.ndarray]:

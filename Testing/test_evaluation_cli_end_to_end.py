@@ -14,11 +14,11 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ppr.__main__ import main
-from ppr.bundle import save_bundle, write_checksums
-from ppr.calibration import CalibrationConfig, fit_calibration, save_calibration
+from ppr.workflows.bundle import save_bundle, write_checksums
+from ppr.statistics.calibration import CalibrationConfig, fit_calibration, save_calibration
 from ppr.config import PreprocessConfig
-from ppr.network import PPRNet
-from ppr.preprocess import prepare_reference
+from ppr.networks.network import PPRNet
+from ppr.image.preprocess import prepare_reference
 
 CONFIG = PreprocessConfig(size=64, spacing_mm=4.0, prewindowed=True)
 CASES = (("ctich_051", 1, True), ("ctich_101", 0, False), ("ctich_104", 0, False))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ppr.evaluation import average_precision, roc_auc, roc_curve_points
+from ppr.statistics.metrics import average_precision, roc_auc, roc_curve_points
 
 
 def test_auroc_and_ap_of_a_hand_worked_example() -> None:

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ppr.calibration import CalibrationConfig, fit_calibration, z_map
+from ppr.statistics.calibration import CalibrationConfig, fit_calibration, z_map
 from ppr.errors import PPRError
-from ppr.evaluation import CaseMaps, EvaluationConfig, evaluate, read_cases
+from ppr.workflows.evaluation import CaseMaps, EvaluationConfig, evaluate, read_cases
 
 SHAPE = (16, 20, 24)  # z, y, x
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from ppr.evaluation import ScoreHistogram
+from ppr.statistics.metrics import ScoreHistogram
 
 
 def _lesion_case(seed: int, shape=(20, 24, 24)) -> tuple[np.ndarray, np.ndarray]:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ppr.bundle import load_bundle
-from ppr.detection import DetectOptions, detect
-from ppr.field_of_view import context_voxels, cut_edge, measured_mask, scanned_box
-from ppr.network import PPRNet
+from ppr.workflows.bundle import load_bundle
+from ppr.workflows.detection import DetectOptions, detect
+from ppr.image.field_of_view import context_voxels, cut_edge, measured_mask, scanned_box
+from ppr.networks.network import PPRNet
 
 CASE = "ctich_111"  # held-out healthy, 39 slices: its top 160 mm drop the lowest 30 mm
 KEEP_MM = 160.0

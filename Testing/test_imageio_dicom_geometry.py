@@ -15,7 +15,7 @@ from scipy import ndimage
 from synthetic_dicom import pixel_points, write_ct_series
 
 from ppr.errors import InputImageError
-from ppr.imageio import read_image
+from ppr.image.imageio import read_image
 
 REAL_DICOM_DIR = Path(DEV_DATA_DIR).parent / "real-hu-dicom"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ppr.inference import InferenceOptions, dense_forward, error_map, inference_network, patch_positions
-from ppr.network import PPRNet
+from ppr.networks.inference import InferenceOptions, dense_forward, error_map, inference_network, patch_positions
+from ppr.networks.network import PPRNet
 
 SPACING_MM = 2.0
 

@@ -2,7 +2,7 @@
 image are refused the same way by the CLI, the batch, the Lib and the web viewer (issue 13).
 
 SimpleITK's NIfTI reader reads a truncated file's missing bytes as zeros and turns NaN/Inf into 0, so
-the check is ``ppr.imageio.read_image``'s own, on the file's bytes.
+the check is ``ppr.image.imageio.read_image``'s own, on the file's bytes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 import SimpleITK as sitk
 
 from ppr.errors import InputImageError
-from ppr.imageio import MAX_VOXELS, read_image
-from ppr.validation import check_volume
+from ppr.image.imageio import MAX_VOXELS, read_image
+from ppr.image.validation import check_volume
 
 CASE = "ctich_051"
 

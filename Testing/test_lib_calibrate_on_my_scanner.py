@@ -21,7 +21,7 @@ from PositionRegressionADLib.calibration_logic import (
 from PositionRegressionADLib.run_state import Phase
 from PositionRegressionADLib.testing import InProcessFakeDetection
 from ppr.__main__ import main as ppr_main
-from ppr.bundle import load_bundle
+from ppr.workflows.bundle import load_bundle
 from ppr.errors import InputImageError
 from test_calibrate_on_my_scanner_writes_a_new_bundle import my_scans  # noqa: F401 - the fixture
 

@@ -295,11 +295,11 @@ def test_slice_renders_show_the_z_map(context, head_file, model_dir, tmp_path):
 @pytest.fixture(scope="module")
 def calibrated_bundle(tmp_path_factory) -> Path:
     torch = pytest.importorskip("torch")
-    from ppr.bundle import CALIBRATION, save_bundle, write_checksums
-    from ppr.calibration import fit_calibration, save_calibration
+    from ppr.workflows.bundle import CALIBRATION, save_bundle, write_checksums
+    from ppr.statistics.calibration import fit_calibration, save_calibration
     from ppr.config import PreprocessConfig
-    from ppr.network import PPRNet
-    from ppr.preprocess import prepare_reference
+    from ppr.networks.network import PPRNet
+    from ppr.image.preprocess import prepare_reference
 
     config = PreprocessConfig(size=40, spacing_mm=6.0, prewindowed=True)
     reference = prepare_reference(synthetic_head(size=(80, 80, 36), spacing=(2.6, 2.6, 5.0),
@@ -317,7 +317,7 @@ def calibrated_bundle(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_real_detection_with_a_calibrated_bundle_puts_the_cores_z_map_in_the_scene(
         context, head_file, calibrated_bundle, tmp_path):
-    from ppr.bundle import load_bundle
+    from ppr.workflows.bundle import load_bundle
 
     volume = load_volume(context, head_file)
     launcher = RecordingLauncher(ChildProcess)

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
-from ppr.imageio import read_image
-from ppr.masks import enclosure_fraction, intracranial_mask, midsagittal_plane, region_masks
-from ppr.preprocess import prepare_reference
+from ppr.image.imageio import read_image
+from ppr.image.masks import enclosure_fraction, intracranial_mask, midsagittal_plane, region_masks
+from ppr.image.preprocess import prepare_reference
 from synthetic_heads import BONE_HU, make_head_to_physical, synthetic_head
 
 CONFIG = PreprocessConfig(size=96, spacing_mm=2.0)

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 from sklearn.metrics import average_precision_score
 
-from ppr.calibration import CalibrationConfig, fit_calibration
-from ppr.mood import MoodNormalisation, mood_file_names, write_mood_outputs
+from ppr.statistics.calibration import CalibrationConfig, fit_calibration
+from ppr.workflows.mood import MoodNormalisation, mood_file_names, write_mood_outputs
 
 
 def _input_like_map(values: np.ndarray) -> sitk.Image:
@@ -94,7 +94,7 @@ def test_nan_voxels_become_zero_and_non_finite_sample_is_refused(tmp_path) -> No
 
 def test_error_maps_are_normalised_around_their_own_unit():
     """An autoencoder residual (~0.05) must not be squeezed by the mm scale (half 20 mm)."""
-    from ppr.mood import MoodNormalisation
+    from ppr.workflows.mood import MoodNormalisation
 
     residual = MoodNormalisation.for_error("intensity")
     position = MoodNormalisation.for_error("mm")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ppr.network import PPRNet, fold_spectral_norm, normalised_positions, position_loss, stem_conv
+from ppr.networks.network import PPRNet, fold_spectral_norm, normalised_positions, position_loss, stem_conv
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Results never overwrite an input or each other, are checked before any work, and are written whole
-or not at all (issue 13): ``ppr.imageio.check_outputs`` / ``write_image`` and the CLIs that use them."""
+or not at all (issue 13): ``ppr.image.imageio.check_outputs`` / ``write_image`` and the CLIs that use them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from ppr.errors import OutputFileError
-from ppr.imageio import read_image, write_image
+from ppr.image.imageio import read_image, write_image
 
 
 @pytest.fixture()

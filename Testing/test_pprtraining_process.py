@@ -125,7 +125,7 @@ def test_stop_ends_the_process_and_its_child(fake_trainer: Path, tmp_path: Path)
     ("line", "expected"),
     [
         ("PROGRESS 0.25 step 10/40 loss 0.123 val 0.2", (0.25, 10, 0.123, 0.2)),
-        # the message ppr.training writes
+        # the message ppr.networks.training writes
         ("PROGRESS 0.0500 step 100 loss 0.08123 val 0.09001 patches/s 912 ETA 1900s", (0.05, 100, 0.08123, 0.09001)),
         ("PROGRESS 0.0510 step 101 loss 0.08000 patches/s 912 ETA 1890s", (0.051, 101, 0.08, None)),
         ("PROGRESS 0.5 step=20 train_loss=0.1 val_loss=0.3", (0.5, 20, 0.1, 0.3)),

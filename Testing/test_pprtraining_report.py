@@ -15,7 +15,7 @@ from PPRTrainingLib.report import find_training_log, read_training_log, write_tr
 
 
 def synthetic_log(steps: int, val_every: int | None, seed: int = 0) -> list[dict]:
-    """Records shaped like ppr.training.train's log: a noisy decreasing loss, validation every few
+    """Records shaped like ppr.networks.training.train's log: a noisy decreasing loss, validation every few
     steps with a minimum (val_loss None at the end without validation scans, as ppr writes it)."""
     rng = np.random.default_rng(seed)
     records = []
@@ -30,7 +30,7 @@ def synthetic_log(steps: int, val_every: int | None, seed: int = 0) -> list[dict
 
 
 def log_file_content(records: list[dict], cases: int = 3, validation_cases: int = 1) -> dict:
-    """The training_log.json layout of ppr.training.write_training_log."""
+    """The training_log.json layout of ppr.workflows.train.write_training_log."""
     return {"config": {"m": 4, "steps": len(records)}, "cases": [f"case{i}" for i in range(cases)],
             "validation_cases": [f"val{i}" for i in range(validation_cases)], "steps": records}
 

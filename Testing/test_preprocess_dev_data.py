@@ -14,10 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
-from ppr.imageio import read_image
-from ppr.masks import intracranial_mask
-from ppr.preprocess import prepare_reference, to_model_space
-from ppr.registration import affine_matrix_4x4
+from ppr.image.imageio import read_image
+from ppr.image.masks import intracranial_mask
+from ppr.image.preprocess import prepare_reference, to_model_space
+from ppr.image.registration import affine_matrix_4x4
 
 CONFIG = PreprocessConfig(size=128, spacing_mm=2.0, prewindowed=True)
 REFERENCE_CASE = "ctich_054"

@@ -7,11 +7,11 @@ import pytest
 import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
-from ppr.geometry import IDENTITY_DIRECTION, Grid, isotropic_grid, resample_isotropic
-from ppr.imageio import read_image, write_image
-from ppr.intensity import EqualisationCurve, normalize
-from ppr.masks import head_mask
-from ppr.preprocess import intensity_anchor, prepare_reference, to_input_space, to_model_space
+from ppr.image.geometry import IDENTITY_DIRECTION, Grid, isotropic_grid, resample_isotropic
+from ppr.image.imageio import read_image, write_image
+from ppr.image.intensity import EqualisationCurve, normalize
+from ppr.image.masks import head_mask
+from ppr.image.preprocess import intensity_anchor, prepare_reference, to_input_space, to_model_space
 from synthetic_heads import make_head_to_physical, oblique_direction, synthetic_head
 
 CONFIG = PreprocessConfig(size=80, spacing_mm=2.5)

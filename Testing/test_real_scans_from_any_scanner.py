@@ -15,10 +15,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from conftest import DEV_DATA_DIR, REPO_ROOT
-from ppr.bundle import load_bundle
-from ppr.detection import DetectOptions, detect
-from ppr.imageio import read_image
-from ppr.preprocess import to_model_space
+from ppr.workflows.bundle import load_bundle
+from ppr.workflows.detection import DetectOptions, detect
+from ppr.image.imageio import read_image
+from ppr.image.preprocess import to_model_space
 
 DEFAULT_MODEL = REPO_ROOT / "PositionRegressionAD" / "Resources" / "Models" / "ppr-ctich-default"
 REAL_DICOM = DEV_DATA_DIR.parent / "real-hu-dicom"

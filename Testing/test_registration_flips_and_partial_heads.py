@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ppr import geometry
-from ppr.bundle import load_bundle
+from ppr.image import geometry
+from ppr.workflows.bundle import load_bundle
 from ppr.errors import RegistrationError
-from ppr.imageio import read_image
-from ppr.intensity import window
-from ppr.masks import intracranial_mask
-from ppr.registration import affine_matrix_4x4, register_to_reference
+from ppr.image.imageio import read_image
+from ppr.image.intensity import window
+from ppr.image.masks import intracranial_mask
+from ppr.image.registration import affine_matrix_4x4, register_to_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "PositionRegressionAD" / "Resources" / "Models" / "ppr-ctich-default"

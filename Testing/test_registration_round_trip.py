@@ -9,9 +9,9 @@ import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
 from ppr.errors import RegistrationError
-from ppr.geometry import Grid
-from ppr.preprocess import prepare_reference, to_input_space, to_model_space
-from ppr.registration import affine_matrix_4x4, register_to_reference
+from ppr.image.geometry import Grid
+from ppr.image.preprocess import prepare_reference, to_input_space, to_model_space
+from ppr.image.registration import affine_matrix_4x4, register_to_reference
 from synthetic_heads import make_head_to_physical, oblique_direction, synthetic_head
 
 CONFIG = PreprocessConfig(size=96, spacing_mm=2.0)

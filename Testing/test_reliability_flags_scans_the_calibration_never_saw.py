@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppr.calibration import CalibrationConfig, fit_calibration, load_calibration, save_calibration, z_map
-from ppr.reliability import (
+from ppr.statistics.calibration import CalibrationConfig, fit_calibration, load_calibration, save_calibration, z_map
+from ppr.statistics.reliability import (
     DEFAULT_BRAIN_MEDIAN_Z_RANGE,
     MARGIN_Z,
     assess,

@@ -1,4 +1,4 @@
-"""Scanner augmentation (ppr.augmentation) inside dense training crops (ppr.training)."""
+"""Scanner augmentation (ppr.networks.augmentation) inside dense training crops (ppr.networks.training)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ppr.augmentation import ScannerAugmentation, apply_curve, augment_hu, blurred, curve_on_device
-from ppr.intensity import EqualisationCurve
-from ppr.training import AugmentationContext, TrainConfig, TrainingVolume, _PaddedVolume, dense_crop
+from ppr.networks.augmentation import ScannerAugmentation, apply_curve, augment_hu, blurred, curve_on_device
+from ppr.image.intensity import EqualisationCurve
+from ppr.networks.training import AugmentationContext, TrainConfig, TrainingVolume, _PaddedVolume, dense_crop
 
 WINDOW = (-20.0, 100.0)
 IDENTITY = ScannerAugmentation(sharpness=(0.0, 0.0), gain=(1.0, 1.0), offset_hu=(0.0, 0.0),

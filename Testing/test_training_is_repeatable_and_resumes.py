@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ppr.errors import PPRError
-from ppr.training import TrainConfig, TrainingVolume, _PaddedVolume, dense_crop, sample_centres, sampled_batch, train
+from ppr.networks.training import TrainConfig, TrainingVolume, _PaddedVolume, dense_crop, sample_centres, sampled_batch, train
 
 N = 24
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ppr.bundle import load_bundle
+from ppr.workflows.bundle import load_bundle
 from ppr.config import PreprocessConfig
-from ppr.training import TrainConfig, train_bundle
+from ppr.networks.training import TrainConfig
+from ppr.workflows.train import train_bundle
 
 TRAIN_CASES = ("ctich_054", "ctich_056", "ctich_100")
 VALIDATION_CASES = ("ctich_057",)

@@ -14,9 +14,9 @@ import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
 from ppr.errors import InputImageError
-from ppr.imageio import read_image
-from ppr.preprocess import prepare_reference, to_model_space
-from ppr.validation import validate_head_ct
+from ppr.image.imageio import read_image
+from ppr.image.preprocess import prepare_reference, to_model_space
+from ppr.image.validation import validate_head_ct
 from synthetic_heads import synthetic_head
 
 HU = PreprocessConfig(size=64, spacing_mm=3.0)

@@ -28,16 +28,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PositionRegressionAD"))
 
-from ppr.augmentation import ScannerAugmentation  # noqa: E402
-from ppr.intensity import EqualisationCurve  # noqa: E402
-from ppr.training import AugmentationContext, TrainConfig, TrainingVolume, train  # noqa: E402
+from ppr.networks.augmentation import ScannerAugmentation  # noqa: E402
+from ppr.image.intensity import EqualisationCurve  # noqa: E402
+from ppr.networks.training import AugmentationContext, TrainConfig, TrainingVolume, train  # noqa: E402
 
 
 def pack(args: argparse.Namespace) -> None:
     from ppr.config import PreprocessConfig
-    from ppr.imageio import read_image
-    from ppr.preprocess import prepare_reference
-    from ppr.training import augmentation_context, prepare_volumes
+    from ppr.image.imageio import read_image
+    from ppr.image.preprocess import prepare_reference
+    from ppr.networks.training import augmentation_context, prepare_volumes
 
     config = PreprocessConfig(size=args.size, spacing_mm=args.spacing, prewindowed=args.prewindowed)
     reference = prepare_reference(read_image(args.reference), config)
@@ -128,7 +128,7 @@ def main() -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--val-every", type=int, default=1000)
     t.add_argument("--threads", type=int, default=4)
-    t.add_argument("--augment", action="store_true", help="dense PPR: scanner augmentation (ppr.augmentation)")
+    t.add_argument("--augment", action="store_true", help="dense PPR: scanner augmentation (ppr.networks.augmentation)")
     args = parser.parse_args()
     (pack if args.command == "pack" else train_from_pack)(args)
 

@@ -1,7 +1,7 @@
 """Find the head CT images to train on in the folders a user names.
 
 An image is a file with a volume suffix (NIfTI, NRRD, MetaImage) or a sub-folder holding a DICOM
-series (any file names GDCM reads, ``ppr.imageio.is_scan``). Label maps that sit beside the scans (``*_mask*``, ``*label*``,
+series (any file names GDCM reads, ``ppr.image.imageio.is_scan``). Label maps that sit beside the scans (``*_mask*``, ``*label*``,
 ``*seg*``) are skipped by default. This module only lists paths: it does not read or check images
 (``ppr`` does that when it trains) and does not decide which scans are healthy: the user does.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ppr.errors import PPRError
-from ppr.imageio import VOLUME_SUFFIXES, is_scan
+from ppr.image.imageio import VOLUME_SUFFIXES, is_scan
 DEFAULT_EXCLUDES: tuple[str, ...] = ("*mask*", "*label*", "*seg*")
 
 

@@ -1,7 +1,7 @@
 """Training report of a model bundle: loss curves (PNG) and a JSON summary, written next to it.
 
 Reads the ``training_log.json`` that ``python -m ppr train`` writes with the bundle: the per-step
-records of ``ppr.training.train`` (step, training loss, seconds of training so far, and every
+records of ``ppr.networks.training.train`` (step, training loss, seconds of training so far, and every
 ``val_every`` steps the validation loss, None without validation scans). The loss is the paper's
 mean position error on normalised grid positions, so 0.01 is 1 % of the grid edge. The
 report sits beside the bundle, not inside it, so the bundle's checksums stay valid. This module
@@ -93,7 +93,7 @@ def _log_text(path: Path) -> str:
 
 
 def _step_records(data: Any) -> list[dict[str, Any]]:
-    # ppr.training.train() logs one record per step ({"step", "loss", "seconds", "val_loss"});
+    # ppr.networks.training.train() logs one record per step ({"step", "loss", "seconds", "val_loss"});
     # the file holds that list, bare or under "steps" / "log" next to other run details.
     if isinstance(data, list):
         return data

@@ -12,7 +12,7 @@ Per scan, in ``OUTPUT/<scan>/``: ``error_map.nii.gz`` (input's grid), with a cal
 out-of-depth check: "Scores reliable", "Brain median z" and "Warning", the detector's seconds and
 the scan's total seconds, status; a scan whose scores are not reliable also gets its warning on the
 progress output). With ``--format mood`` also ``OUTPUT/mood/``: the MOOD challenge's
-files per scan (``ppr.mood``: voxel scores in [0, 1] on the input's grid and a ``.txt`` sample
+files per scan (``ppr.workflows.mood``: voxel scores in [0, 1] on the input's grid and a ``.txt`` sample
 score), from the z-map of a calibrated model, else from the error map. A scan that fails gets its
 reason in its row and the batch goes on. Each scan gets a fresh scene, so memory does not grow with
 the batch.
@@ -49,7 +49,7 @@ from PositionRegressionADLib.report import REGION_LABELS, WARNING_COLUMN, error_
 from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
 from PositionRegressionADLib.scene_io import SceneContext, load_volume, save_node, save_scene_mrb
 from ppr.errors import InputImageError, PPRError
-from ppr.imageio import VOLUME_SUFFIXES, read_image, scans_in
+from ppr.image.imageio import VOLUME_SUFFIXES, read_image, scans_in
 
 SCORES_FILE_NAME = "scores.csv"
 MOOD_FOLDER_NAME = "mood"
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def find_scans(inputs: list[Path]) -> list[Path]:
     """The scans the inputs name, in order: files, DICOM series folders, and the image files and
-    DICOM series sub-folders of other folders (not deeper; ``ppr.imageio.scans_in``)."""
+    DICOM series sub-folders of other folders (not deeper; ``ppr.image.imageio.scans_in``)."""
     scans: list[Path] = []
     for item in inputs:
         if not item.exists():
@@ -223,7 +223,7 @@ def mood_normalisation(results: DetectionResults):
     """The fixed [0, 1] map of this model's scores: ``MoodNormalisation.for_z(calibration)`` for z-maps
     (centred on the calibration's overlay threshold, which the detector reported and the z-map node
     keeps), the default of the error map's unit otherwise (mm for PPR, intensity for the autoencoder)."""
-    from ppr.mood import MoodNormalisation
+    from ppr.workflows.mood import MoodNormalisation
 
     if results.z_map is None:
         return MoodNormalisation.for_error(error_unit_of(results.scores))
@@ -241,8 +241,8 @@ def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: 
     """The scan's MOOD files: the voxels of its score map (``map_path``: the z-map of a calibrated
     model, else the error map) on the input's exact grid, normalised to [0, 1], and the whole head's
     region score (same unit) mapped the same way."""
-    from ppr.geometry import Grid
-    from ppr.mood import write_mood_outputs
+    from ppr.image.geometry import Grid
+    from ppr.workflows.mood import write_mood_outputs
 
     score = table_row(results.scores).get(REGION_LABELS[MOOD_SAMPLE_REGION], math.nan)
     if not math.isfinite(score):

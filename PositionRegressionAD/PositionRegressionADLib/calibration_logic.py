@@ -3,7 +3,7 @@
 Scores of a model calibrated elsewhere can be unreliable on another scanner's scans (the detector's
 out-of-depth check says so). The remedy needs no training: ``python -m ppr calibrate MODEL FOLDER
 --out NEW_BUNDLE`` measures the model's healthy error on the user's own healthy scans and writes a
-copy of the model with that calibration (``ppr.calibration.calibrate_bundle``). This runs it in a
+copy of the model with that calibration (``ppr.workflows.calibrate.calibrate_bundle``). This runs it in a
 child process, like a detection (PythonSlicer inside Slicer), with progress and cancel; the model
 it started from is never changed. The module then uses the new bundle.
 

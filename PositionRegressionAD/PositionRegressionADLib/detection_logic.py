@@ -50,8 +50,8 @@ from PositionRegressionADLib.results import (
     find_results,
 )
 from ppr.errors import BundleError, InputImageError, PPRError
-from ppr.imageio import read_image
-from ppr.validation import check_volume
+from ppr.image.imageio import read_image
+from ppr.image.validation import check_volume
 
 PREVIEW_STRIDE = 4
 FULL_RESOLUTION_STRIDE = 1

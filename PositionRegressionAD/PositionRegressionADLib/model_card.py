@@ -2,7 +2,7 @@
 
 Reads only config.json and checksums.json (from the bundle folder or its .zip), never the weights,
 so it works before torch is installed and costs nothing. Checking a bundle (checksums, format,
-weights) is ``ppr.bundle.load_bundle``'s job, done by the detector; this module only describes it.
+weights) is ``ppr.workflows.bundle.load_bundle``'s job, done by the detector; this module only describes it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``DetectionReport`` is the JSON object of ``ppr detect --json`` (plus the model used); the scores
 table is one row: each region score (z with a calibrated model, else mm: column "Score map"), the
 error summary (and the z summary), the overlay threshold used and on which map, with a calibrated
-model the out-of-depth check (``ppr.reliability``: "Scores reliable", the brain median z and the
+model the out-of-depth check (``ppr.statistics.reliability``: "Scores reliable", the brain median z and the
 calibration scans' range, the share of brain and skull above the threshold, and the "Warning" in
 plain words), and how the run was made (model, device, stride, method, seconds, registration
 metric). This module does not compute any score: the numbers are the detector's, copied as they are.

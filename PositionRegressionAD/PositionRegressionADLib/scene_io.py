@@ -18,8 +18,8 @@ import slicer
 import vtk
 
 from ppr.errors import InputImageError, OutputFileError, PPRError
-from ppr.imageio import VOLUME_SUFFIXES, holds_dicom_series, read_image, write_atomically
-from ppr.validation import check_volume
+from ppr.image.imageio import VOLUME_SUFFIXES, holds_dicom_series, read_image, write_atomically
+from ppr.image.validation import check_volume
 
 
 class SceneFileError(PPRError):
@@ -84,8 +84,8 @@ def load_volume(context: SceneContext, path: Path, name: str | None = None) -> s
     """Load a scalar volume (NIfTI, NRRD, MetaImage, or a folder holding a DICOM series) into the
     context's scene.
 
-    The scan first passes the detector's own reader and checks (``ppr.imageio.read_image``,
-    ``ppr.validation.check_volume``): a truncated file, a size beyond the limit, NaN or infinite
+    The scan first passes the detector's own reader and checks (``ppr.image.imageio.read_image``,
+    ``ppr.image.validation.check_volume``): a truncated file, a size beyond the limit, NaN or infinite
     voxels (Slicer's NIfTI reader makes them 0) and a 4D image (it would keep the first frame) are
     refused with the same message as ``ppr detect``. A DICOM series is placed by that reader (by each
     slice's position: gantry tilt and uneven spacing), not by ITK's even-spacing assumption."""
@@ -126,7 +126,7 @@ def _volume_node(context: SceneContext, image, name: str) -> slicer.vtkMRMLScala
 
 def save_node(node: slicer.vtkMRMLStorableNode, path: Path) -> Path:
     """Write a volume, model, table or segmentation node to ``path`` (format from the suffix), atomically
-    (``ppr.imageio.write_atomically``: ``OutputFileError`` on failure, "no space left" on a full disk).
+    (``ppr.image.imageio.write_atomically``: ``OutputFileError`` on failure, "no space left" on a full disk).
 
     A temporary storage node does the writing, so the node's own storage (and the scene) stay as they
     are. Models are written in LPS, the coordinate system other tools expect.

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from PositionRegressionADLib.model_card import CONFIG
 from ppr.errors import PPRError
-from ppr.imageio import holds_dicom_series
+from ppr.image.imageio import holds_dicom_series
 
 # Single-file volume formats only: a detached header (.nhdr, .mhd, .hdr) names a data file that
 # could lie anywhere on the server.

@@ -1,6 +1,6 @@
 """``python -m ppr <command>``: the command-line entry point.
 
-Each command lives in its own module ``ppr.cli_<command>`` exposing ``add_arguments(parser)`` and
+Each command lives in its own module ``ppr.cli.<command>`` exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; they are imported only when used so ``--help`` stays fast.
 """
 
@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
 
 
 def _command_module(name: str):
-    return importlib.import_module(f"ppr.cli_{name}")
+    return importlib.import_module(f"ppr.cli.{name}")
 
 
 def build_parser(available: dict[str, str], chosen: str | None = None) -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def available_commands() -> dict[str, str]:
     """Commands whose module is present (a command lands with its module)."""
     found = {}
     for name, summary in COMMANDS.items():
-        if importlib.util.find_spec(f"ppr.cli_{name}") is not None:
+        if importlib.util.find_spec(f"ppr.cli.{name}") is not None:
             found[name] = summary
     return found
 

@@ -1,6 +1,6 @@
 """Training-time augmentation of what differs between CT scanners and protocols.
 
-Works on model-space crops in windowed HU (after the brain anchor, ``ppr.intensity``) and maps them
+Works on model-space crops in windowed HU (after the brain anchor, ``ppr.image.intensity``) and maps them
 to the network's [0, 1] input with the reference's equalisation curve, on the training device:
 - sharpness: a blend towards a blurred copy (thick slices, soft kernels) or away from it (an
   unsharp mask: thin slices, sharp kernels), mostly across slices where protocols differ most;
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ppr.intensity import EqualisationCurve
+from ppr.image.intensity import EqualisationCurve
 
 # Gaussian sigmas (voxels, z y x) of the blurred copy that sharpness blends with: model z runs
 # across the slices of an axial scan.

@@ -1,6 +1,6 @@
 """``python -m ppr preprocess INPUT OUTPUT --reference REF``: one head CT into model space.
 
-Argument parsing and printing only: the work is ``ppr.preprocess``. With ``--json`` the last stdout
+Argument parsing and printing only: the work is ``ppr.image.preprocess``. With ``--json`` the last stdout
 line is one JSON object with the registration quality, the transform (parameters, fixed parameters,
 4x4 matrix, model mm -> input mm) and the seconds of every step (wall, and CPU with the machine's
 load beside them, for a fair reading on a shared machine): this is the speed benchmark.
@@ -18,9 +18,9 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
-from ppr.imageio import check_outputs, read_image, write_image
-from ppr.preprocess import prepare_reference, region_masks, to_model_space
-from ppr.registration import affine_matrix_4x4
+from ppr.image.imageio import check_outputs, read_image, write_image
+from ppr.image.preprocess import prepare_reference, region_masks, to_model_space
+from ppr.image.registration import affine_matrix_4x4
 
 DEFAULTS = PreprocessConfig()
 

@@ -18,7 +18,7 @@ threshold maps to 0.5). Both keep the order of every pair of values (no clipping
 beyond float precision); they are centred on the interesting range because MOOD reads float16,
 which resolves about 5e-4 near 1.
 
-What it does not: compute the maps or the sample score (``ppr.detection``, ``ppr.calibration``).
+What it does not: compute the maps or the sample score (``ppr.workflows.detection``, ``ppr.statistics.calibration``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ppr.calibration import Calibration
+from ppr.statistics.calibration import Calibration
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DEFAULT_HALF_MM = 20.0  # about the healthy median error of a coarse model (DESIGN.md: ~30 mm mean)

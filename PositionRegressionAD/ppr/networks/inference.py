@@ -33,7 +33,8 @@ import torch
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from ppr.network import PPRNet, fold_spectral_norm
+from ppr.errors import PPRError
+from ppr.networks.network import PPRNet, fold_spectral_norm
 
 ProgressFn = Callable[[float, str], None]
 
@@ -78,8 +79,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from ppr.errors import PPRError
-
         raise PPRError("CUDA was requested but no CUDA GPU is available: use --device cpu or auto.")
     return torch.device(name)
 

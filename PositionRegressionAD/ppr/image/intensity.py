@@ -10,7 +10,7 @@ With ``equalize`` off the window is mapped linearly. With ``anchor_brain`` a sca
 shifted so that its brain's median equals the reference brain's: scanners and the dev data's export
 disagree by up to 15 HU on brain tissue (CT-ICH 33-40 HU, a Siemens scan 24 HU), and the curve is
 steepest there, so without the shift another site's healthy brain reads as a different tissue. It does not resample and does not decide
-what the head is (``ppr.masks`` does). numpy only: it runs in 3D Slicer's child processes.
+what the head is (``ppr.image.masks`` does). numpy only: it runs in 3D Slicer's child processes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ On a scan from another scanner or protocol the whole head can look unusual, and 
 is high whatever the anatomy. Two figures of a scan's z-map tell that apart from a lesion:
 
 - ``brain_median_z``: the median z over the brain (both hemispheres of the reference, only voxels
-  inside the scan's measured head: ``ppr.field_of_view``, and where the calibration has statistics).
+  inside the scan's measured head: ``ppr.image.field_of_view``, and where the calibration has statistics).
   A lesion, however large, covers far less than half of the brain, so it hardly moves the median;
   a scan whose ordinary tissue the model does not recognise moves all of it.
 - ``fraction_above``: the fraction of brain and skull above the overlay threshold (the calibration
@@ -13,7 +13,7 @@ is high whatever the anatomy. Two figures of a scan's z-map tell that apart from
 
 The calibration stores both figures for each of its own scans, measured leave-one-out (each scan
 against the statistics of the others, so they are the figures of *new* healthy scans from the same
-scanners: ``ppr.calibration``). A scan is out of its depth when its brain median z lies more than
+scanners: ``ppr.statistics.calibration``). A scan is out of its depth when its brain median z lies more than
 ``MARGIN_Z`` outside the calibration scans' range, or when more than ``MARGIN_FRACTION`` more of its
 brain and skull is above the threshold than on any calibration scan.
 
@@ -33,7 +33,7 @@ Calibrations written before these figures were stored get ``DEFAULT_BRAIN_MEDIAN
 ``DEFAULT_FRACTION_ABOVE_RANGE`` (about what the 5-scan calibration above gave), and the result says
 that the range is a default.
 
-What it does not: compute z-maps or region scores (``ppr.scores``), or calibrate.
+What it does not: compute z-maps or region scores (``ppr.statistics.scores``), or calibrate.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # only for the type: ppr.calibration imports this module
-    from ppr.calibration import Calibration
+if TYPE_CHECKING:  # only for the type: ppr.statistics.calibration imports this module
+    from ppr.statistics.calibration import Calibration
 
 MARGIN_Z = 2.0
 MARGIN_FRACTION = 0.25
@@ -119,7 +119,7 @@ def assess(z: np.ndarray, brain: np.ndarray, brain_and_skull: np.ndarray,
            calibration: "Calibration", measured: bool = True) -> Reliability:
     """The check for a scan's model-space z-map; ``brain`` and ``brain_and_skull`` hold only its
     measured places (head, field of view, calibrated). ``measured`` False: no place of the scan was
-    clear of the cuts of its field of view (``ppr.field_of_view``), so the masks are the whole head
+    clear of the cuts of its field of view (``ppr.image.field_of_view``), so the masks are the whole head
     and the scores are not reliable whatever the figures say."""
     threshold = float(calibration.overlay_threshold_z)
     median, fraction = ordinary_tissue_figures(z, brain, brain_and_skull, threshold)

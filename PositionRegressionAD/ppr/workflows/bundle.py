@@ -8,7 +8,7 @@ Layout::
                       summary (cases, steps, seconds, final losses), torch / ppr versions, date
     reference.nii.gz  the reference head in model space (float32 HU on the model grid)
     checksums.json    sha256 of every file above (and of calibration.npz when present)
-    calibration.npz   optional: per-voxel healthy error statistics (``ppr.calibration``)
+    calibration.npz   optional: per-voxel healthy error statistics (``ppr.statistics.calibration``)
 
 ``load_bundle`` checks the format version and every checksum, so a missing, corrupt, truncated or
 incompatible bundle is refused with a ``BundleError`` that says what to do. ``write_checksums`` is
@@ -36,9 +36,9 @@ import torch
 
 import ppr
 from ppr.config import PreprocessConfig
-from ppr.autoencoder import AutoEncoder3D
 from ppr.errors import BundleError
-from ppr.network import PPRNet
+from ppr.networks.autoencoder import AutoEncoder3D
+from ppr.networks.network import PPRNet
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.pt"
@@ -56,13 +56,13 @@ ERROR_UNITS = {"ppr": "mm", "ae": "intensity"}
 class ModelBundle:
     """A loaded model bundle.
 
-    network: the trained PPRNet in eval mode (fold it with ``ppr.network.fold_spectral_norm``
-        or let ``ppr.inference`` do it), or the AutoEncoder3D of an autoencoder bundle
+    network: the trained PPRNet in eval mode (fold it with ``ppr.networks.network.fold_spectral_norm``
+        or let ``ppr.networks.inference`` do it), or the AutoEncoder3D of an autoencoder bundle
         (``method`` "ae").
     preprocess: how scans are brought into this model's space.
     reference: the reference head in model space (float32 HU), the fixed image of registration.
     info: the whole config.json (training summary, versions, date).
-    calibration: ``ppr.calibration.Calibration`` when calibration.npz is present, else None.
+    calibration: ``ppr.statistics.calibration.Calibration`` when calibration.npz is present, else None.
     """
 
     network: PPRNet | AutoEncoder3D
@@ -86,7 +86,7 @@ class ModelBundle:
     @cached_property
     def region_masks(self) -> dict[str, np.ndarray]:
         """Region masks (bool, model space) of the reference, computed once per loaded bundle."""
-        from ppr.preprocess import region_masks
+        from ppr.image.preprocess import region_masks  # here: preprocess brings pydicom, see _read_reference
 
         return region_masks(self.reference, self.preprocess)
 
@@ -271,7 +271,8 @@ def _read_config(folder: Path, shown: Path) -> dict[str, Any]:
 
 
 def _read_reference(folder: Path, preprocess: PreprocessConfig, shown: Path) -> sitk.Image:
-    from ppr.preprocess import model_grid_of
+    # here: preprocess brings pydicom, which loading a bundle (bench on a GPU machine) needs not
+    from ppr.image.preprocess import model_grid_of
 
     try:
         reference = sitk.ReadImage(str(folder / REFERENCE), sitk.sitkFloat32)
@@ -283,7 +284,7 @@ def _read_reference(folder: Path, preprocess: PreprocessConfig, shown: Path) -> 
 
 
 def _read_calibration(folder: Path, shown: Path) -> Any:
-    from ppr.calibration import load_calibration
+    from ppr.statistics.calibration import load_calibration  # here: SciPy, which a bare GPU machine (bench) may lack
 
     return load_calibration(folder / CALIBRATION)
 

@@ -1,18 +1,18 @@
 """Region scores of one error map or z-map: how anomalous each region of the head looks.
 
 For each region mask of the bundle's reference (left_hemisphere, right_hemisphere, skull, head,
-from ``ppr.preprocess.region_masks``) the score is an aggregate of the map inside the region and
+from ``ppr.image.preprocess.region_masks``) the score is an aggregate of the map inside the region and
 inside this scan's head mask (outside it the maps are 0 by convention, which would pull the score
 down where the scan is cut short). Aggregates: the 99th percentile (default; robust to a few noisy
 voxels yet sensitive to a lesion of about 1 % of the region), the maximum, and the mean of the top
-k. The arithmetic is ``ppr.calibration.aggregate``, shared with the evaluation.
+k. The arithmetic is ``ppr.statistics.calibration.aggregate``, shared with the evaluation.
 
 The map is the position error in mm, or, with a calibrated bundle, its z-map
-(``head_z_map``: ``ppr.calibration.z_map`` inside the head, 0 outside): "how unusual is this error
+(``head_z_map``: ``ppr.statistics.calibration.z_map`` inside the head, 0 outside): "how unusual is this error
 for this place in a healthy head". ``focus_mask`` says where the most anomalous point is looked for
 (brain and skull before the neck and face).
 
-What it does not: estimate the calibration (``ppr.calibration``) or resample anything; maps and
+What it does not: estimate the calibration (``ppr.statistics.calibration``) or resample anything; maps and
 masks are model-space arrays (z, y, x) of one shape.
 """
 
@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ppr.calibration import Calibration, aggregate, z_map
+from ppr.statistics.calibration import Calibration, aggregate, z_map
 
 AGGREGATES = ("p99", "max", "top_k_mean")
 # Regions where an anomaly matters to the user (the paper's three structures); the neck and the

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import gc
 import os
 import threading
 import time
@@ -46,9 +47,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ppr.autoencoder import AutoEncoder3D, residual_map
-from ppr.inference import InferenceOptions, dense_forward, error_map, inference_network, patch_positions, resolve_device
-from ppr.network import PPRNet
+from ppr.networks.autoencoder import AutoEncoder3D, check_grid, residual_map
+from ppr.networks.inference import InferenceOptions, dense_forward, error_map, inference_network, patch_positions, resolve_device
+from ppr.networks.network import PPRNet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +158,8 @@ def timed_error_map(net: PPRNet, volume: np.ndarray, head: np.ndarray, stride: i
 
 def training_throughput(m: int, device: torch.device) -> dict[str, float]:
     """Patches (positions) per second of training steps, both modes, on a 128^3 synthetic head."""
-    from ppr.training import TrainConfig, TrainingVolume, train
+    # here: training imports SimpleITK, which a bare GPU machine may lack
+    from ppr.networks.training import TrainConfig, TrainingVolume, train
 
     volume, head = synthetic_head_volume(128)
     volumes = [TrainingVolume("synthetic", volume, head)]
@@ -172,8 +174,6 @@ def training_throughput(m: int, device: torch.device) -> dict[str, float]:
 
 def _free(device: torch.device) -> None:
     """Release what the previous measurement left, so the next peak is its own."""
-    import gc
-
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -181,7 +181,7 @@ def _free(device: torch.device) -> None:
 
 def training_memory(config: "TrainConfig", volumes: list, device: torch.device) -> dict[str, float]:  # noqa: F821
     """Peak memory and seconds per step of ``config.steps`` training steps from a fresh network."""
-    from ppr.training import train
+    from ppr.networks.training import train  # here: see training_throughput
 
     _free(device)
     start = _rss_mb()
@@ -195,8 +195,7 @@ def training_memory(config: "TrainConfig", volumes: list, device: torch.device) 
 
 def ae_comparison(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     """PPR vs the autoencoder: training memory at the paper's batch sizes, inference per volume."""
-    from ppr.autoencoder import check_grid
-    from ppr.training import TrainConfig, TrainingVolume
+    from ppr.networks.training import TrainConfig, TrainingVolume  # here: see training_throughput
 
     ae = AutoEncoder3D(m=args.m)
     check_grid((args.size,) * 3, ae.stride)
@@ -249,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "ae":
         return _print(args, {**_describe(device, args), **ae_comparison(args, device)})
     if args.model:
-        from ppr.bundle import load_bundle
+        from ppr.workflows.bundle import load_bundle  # here: bundles bring SimpleITK, see training_throughput
 
         net = load_bundle(args.model).network
     else:

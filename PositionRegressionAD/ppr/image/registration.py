@@ -9,7 +9,7 @@ initialisation of the cranium (its centre, its long axis and its mid-sagittal pl
 coarse grid of rotations, so the result does not depend on how the head lay in the scanner.
 
 The result maps model-space points to input-space points (the reference is the fixed image). This
-module does not resample the full-resolution image (``ppr.geometry`` does).
+module does not resample the full-resolution image (``ppr.image.geometry`` does).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
 from ppr.errors import RegistrationError
-from ppr.geometry import resample_isotropic
-from ppr.intensity import window
-from ppr.masks import head_mask, intracranial_mask, midsagittal_plane
+from ppr.image.geometry import resample_isotropic
+from ppr.image.intensity import window
+from ppr.image.masks import head_mask, intracranial_mask, midsagittal_plane
 
 REGISTRATION_SPACING_MM = 3.0
 HISTOGRAM_BINS = 32
@@ -69,7 +69,7 @@ class RegistrationResult:
     """transform: maps model-space points to physical points of the input image as given. An
         sitk.Euler3DTransform, or, when the scan was read mirrored (flipped_axes not empty), an
         sitk.AffineTransform whose matrix has determinant -1 (a rotation times a mirror).
-        Resampling the input through it, and ``ppr.geometry.to_input_space`` with it, need
+        Resampling the input through it, and ``ppr.image.geometry.to_input_space`` with it, need
         nothing else: a map taken back lands on the input's own voxels.
     metric: quality figure, the negated Mattes mutual information over the reference head at 3 mm
         (higher is better; 0.34-0.66 between different dev heads, 0.06-0.15 for non-heads).

@@ -15,7 +15,7 @@ comparison in ``eval/comparison.json`` (key ``methods``: one row per model and s
 
 CASES.csv: ``image`` (path relative to the CSV), ``anomalous`` (0/1), optional ``mask`` (voxel
 labels on the image's grid), ``left``, ``right``, ``skull`` (0/1 per structure) and ``case``.
-The work is done by ``ppr.evaluation``; this module only parses and prints.
+The work is done by ``ppr.workflows.evaluation``; this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ import json
 import sys
 from pathlib import Path
 
-from ppr.calibration import AGGREGATE_METHODS, Aggregation
-from ppr.autoencoder import POST_FILTERS
 from ppr.errors import PPRError
-from ppr.evaluation import SCORE_MAPS, STRUCTURES, VOXEL_CASES, EvaluationConfig
+from ppr.networks.autoencoder import POST_FILTERS
+from ppr.statistics.calibration import AGGREGATE_METHODS, Aggregation
+from ppr.workflows.bundle import load_bundle
+from ppr.workflows.evaluation import (
+    SCORE_MAPS, STRUCTURES, VOXEL_CASES, BundleDetector, EvaluationConfig, ModelUnderTest, comparison_markdown, evaluate,
+    evaluate_models, model_names, read_cases,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +92,6 @@ def print_summary(summary: dict) -> None:
 
 
 def print_comparison(comparison: dict) -> None:
-    from ppr.evaluation import comparison_markdown
-
     print(comparison_markdown(comparison), end="")
 
 
@@ -102,9 +104,6 @@ def _raw_or_z(requested: str, bundle) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppr.bundle import load_bundle
-    from ppr.evaluation import BundleDetector, evaluate, read_cases
-
     cases = read_cases(args.cases)  # before the model: a bad CSV is reported at once
     if len(args.model) > 1:
         return _run_comparison(args, cases)
@@ -128,9 +127,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_comparison(args: argparse.Namespace, cases) -> int:
-    from ppr.bundle import load_bundle
-    from ppr.evaluation import ModelUnderTest, evaluate_models, model_names
-
     if args.mood is not None:
         raise PPRError("--mood writes one model's challenge files: give it with a single --model.")
     if args.score_map != "auto":

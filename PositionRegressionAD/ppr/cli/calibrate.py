@@ -7,10 +7,10 @@ Examples::
 
 Runs the detection on every scan (held-out *healthy* head CTs, not the training scans: their
 errors are optimistically low; files, DICOM series folders, or folders holding either), fits
-``ppr.calibration`` statistics and writes ``calibration.npz`` with fresh checksums: into a copy of
+``ppr.statistics.calibration`` statistics and writes ``calibration.npz`` with fresh checksums: into a copy of
 the bundle at ``--out`` (the way to adapt a model to one's own scanner), or into the bundle itself
 without ``--out``. The bundles that ship with the extension are calibrated in place only with
-``--in-place``. The work is done in ``ppr.calibration`` (``calibrate_bundle``); this module only
+``--in-place``. The work is done in ``ppr.workflows.calibrate`` (``calibrate_bundle``); this module only
 parses and prints.
 """
 
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ppr.calibration import CalibrationConfig
+from ppr.errors import PPRError
+from ppr.statistics.calibration import CalibrationConfig
+from ppr.statistics.reliability import healthy_ranges
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,14 +60,13 @@ def _progress(fraction: float, message: str) -> None:
 
 def shipped_models_dir() -> Path:
     """Where the extension's own model bundles live (``<module>/Resources/Models``)."""
-    return Path(__file__).resolve().parents[1] / "Resources" / "Models"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppr.bundle import load_bundle
-    from ppr.calibration import calibrate_bundle
-    from ppr.errors import PPRError
-    from ppr.reliability import healthy_ranges
+    # here: torch and SimpleITK only when the command runs, so --help and argument errors stay fast
+    from ppr.workflows.bundle import load_bundle
+    from ppr.workflows.calibrate import calibrate_bundle
 
     if args.out is None and not args.in_place and shipped_models_dir() in args.bundle.resolve().parents:
         raise PPRError(f"{args.bundle} ships with the extension: give --out NEW_BUNDLE to write a calibrated "

@@ -11,8 +11,8 @@ meet a *cut*, i.e. a head voxel on the edge of the scanned box. Edges of the box
 (the usual case above the vertex and around the face) are not cuts: the air the preprocessing
 fills in there is what the scanner would have seen.
 
-What it does not: compute error maps, z-maps or scores (``ppr.detection``, ``ppr.scores``), or
-decide what the model grid is (``ppr.preprocess``). Arrays are model-space (z, y, x).
+What it does not: compute error maps, z-maps or scores (``ppr.workflows.detection``, ``ppr.statistics.scores``), or
+decide what the model grid is (``ppr.image.preprocess``). Arrays are model-space (z, y, x).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import scipy.ndimage
 import SimpleITK as sitk
 
-from ppr import geometry
+from ppr.image import geometry
 
 
 def scanned_box(image: sitk.Image, transform: sitk.Transform, model_grid: sitk.Image) -> np.ndarray:

@@ -21,8 +21,8 @@ paper (``"erosion"``: grey erosion of size 5, for haemorrhage, the default; ``"m
 filter of size 5, for fractures; ``"none"``), 0 outside the head. Its unit is intensity (the
 preprocessed [0, 1] scale), not mm.
 
-What it does not: train (``ppr.training``), read bundles (``ppr.bundle``) or move maps to the
-input's grid (``ppr.detection``). Arrays are model-space numpy arrays indexed (z, y, x). SciPy is
+What it does not: train (``ppr.networks.training``), read bundles (``ppr.workflows.bundle``) or move maps to the
+input's grid (``ppr.workflows.detection``). Arrays are model-space numpy arrays indexed (z, y, x). SciPy is
 imported only when a post-filter runs, so the network and its training need only torch.
 """
 
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ppr.errors import PPRError
+from ppr.networks.inference import autocast_context, resolve_device
 
 POST_FILTERS = ("erosion", "median", "none")
 FILTER_SIZE = 5  # the paper's post-filter size, in model voxels
@@ -100,8 +101,6 @@ def check_grid(shape: tuple[int, ...], stride: int) -> None:
 def reconstruct(volume: np.ndarray, net: AutoEncoder3D, device: torch.device,
                 autocast: bool = True) -> np.ndarray:
     """The autoencoder's reconstruction of one model-space volume (float32, same shape)."""
-    from ppr.inference import autocast_context
-
     check_grid(volume.shape, net.stride)
     was_training = net.training
     net.eval().to(device)
@@ -119,7 +118,7 @@ def post_filter(residual: np.ndarray, kind: str = "erosion", size: int = FILTER_
         raise PPRError(f"Unknown post-filter {kind!r}: use one of {', '.join(POST_FILTERS)}.")
     if kind == "none":
         return residual
-    import scipy.ndimage
+    import scipy.ndimage  # here: a bare GPU machine may lack SciPy, and post-filter "none" needs none
 
     if kind == "erosion":
         return scipy.ndimage.grey_erosion(residual, size=size)
@@ -133,8 +132,6 @@ def residual_map(volume: np.ndarray, head_mask: np.ndarray, net: AutoEncoder3D, 
     The filter runs on the whole residual before the head mask is applied, so voxels at the edge of
     the head are filtered with their true neighbours rather than with zeros.
     """
-    from ppr.inference import resolve_device
-
     if volume.ndim != 3 or volume.shape != head_mask.shape:
         raise ValueError(f"volume {volume.shape} and head mask {head_mask.shape} must be the same 3D shape")
     if post_filter_kind not in POST_FILTERS:

@@ -3,7 +3,7 @@
 Each check raises ``InputImageError`` with its own plain message (what is wrong, what to do): not a
 3D volume (a single slice, 4D, colour/vector pixels), non-finite values, a blank image, an extent too
 small for a head, intensities that cannot be CT. It does not check anatomy: that is the
-registration's quality figure (``ppr.registration``). It never modifies the image.
+registration's quality figure (``ppr.image.registration``). It never modifies the image.
 """
 
 from __future__ import annotations

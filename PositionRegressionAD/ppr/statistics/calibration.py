@@ -7,14 +7,13 @@ What it does:
   ``(error - median) / spread``: "how unusual is this error *here*", which removes the large healthy
   error in places the network always finds hard (see DESIGN.md: ~30 mm mean healthy error).
 - ``aggregate`` / ``Aggregation`` reduce the values of a map inside one region to one region score
-  (max, percentile, mean of the top k, mean); ``ppr.scores.region_scores`` applies them per region
+  (max, percentile, mean of the top k, mean); ``ppr.statistics.scores.region_scores`` applies them per region
   for the detection and the evaluation alike.
-- ``calibrate_bundle``: detection on held-out healthy scans, statistics written into the bundle.
+- ``save_calibration`` / ``load_calibration``: the statistics as ``calibration.npz``.
 
-What it does not: build region masks, or change any bundle file but ``calibration.npz`` (the
-bundle's checksums are refreshed with ``ppr.bundle.write_checksums``; ``calibrate_bundle`` with an
-output folder copies the bundle's files there unchanged); the network runs only through
-``ppr.detection`` inside ``calibrate_bundle``.
+What it does not: build region masks, run the network, or write a bundle: calibrating a bundle
+(detection on held-out healthy scans, the statistics written into the bundle) is
+``ppr.workflows.calibrate``.
 
 Why a reduced resolution. With the few healthy scans a user has (10-30), a per-voxel median over
 scans alone is noise. The statistics are therefore estimated on a coarse grid (one coarse voxel per
@@ -40,11 +39,11 @@ errors vary little and z runs high, set a threshold nothing in the brain reached
 Places too few healthy scans measured (outside most calibration heads: the edge of the field of
 view, an unusually large head) have no statistics: their z is 0 ("nothing known to be unusual")
 rather than a z against the median of elsewhere. ``scan_count`` records, per coarse voxel, how many
-scans contributed. Only measured places of each scan count (``ppr.field_of_view``: its head, less
+scans contributed. Only measured places of each scan count (``ppr.image.field_of_view``: its head, less
 the places whose network patch reaches a cut of its field of view): invented air beyond a cut
 neck is no evidence of what healthy error looks like there.
 
-Reference figures for the out-of-depth check (``ppr.reliability``): with a brain mask, every
+Reference figures for the out-of-depth check (``ppr.statistics.reliability``): with a brain mask, every
 calibration scan's brain median z and fraction of brain and skull above the overlay threshold,
 each against the statistics of the *other* scans (leave-one-out), so they show what a new healthy
 scan from the same scanners gives rather than the optimistic in-sample figure.
@@ -55,21 +54,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.ndimage
-import SimpleITK as sitk
 
 from ppr.errors import BundleError, PPRError
+from ppr.statistics.reliability import ordinary_tissue_figures
 
 # 2: scan_count (version-1 files are read as measured everywhere); 3: the calibration scans'
-# leave-one-out reference figures (older files get ppr.reliability's defaults)
+# leave-one-out reference figures (older files get ppr.statistics.reliability's defaults)
 CALIBRATION_FORMAT_VERSION = 3
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 MIN_SCANS = 3
@@ -150,7 +147,7 @@ class Calibration:
         calibrations written before it was recorded).
     reference_brain_median_z, reference_fraction_above: per calibration scan, leave-one-out, its
         brain median z and fraction of brain and skull above the overlay threshold (None in
-        calibrations written before they were recorded; see ``ppr.reliability``).
+        calibrations written before they were recorded; see ``ppr.statistics.reliability``).
     """
 
     median_mm: np.ndarray
@@ -367,8 +364,6 @@ def _leave_one_out_figures(held_out: Sequence[np.ndarray], brain: np.ndarray, fo
                            threshold_z: float) -> tuple[np.ndarray, np.ndarray]:
     """Per scan: brain median z and fraction of brain and skull (``focus``; None: every measured
     place) above ``threshold_z``, from its leave-one-out z (``_leave_one_out_z``)."""
-    from ppr.reliability import ordinary_tissue_figures
-
     medians, fractions = [], []
     for z in held_out:
         measured = np.isfinite(z)
@@ -559,184 +554,3 @@ class Aggregation:
 
     def describe(self) -> str:
         return f"{self.method}" + "".join(f" {key}={value:g}" for key, value in self.params.items())
-
-
-# ----------------------------------------------------------------------------- bundles
-
-ProgressFn = Callable[[float, str], None]
-
-
-def calibrate_bundle(
-    bundle_path: str | Path,
-    images: Sequence[str | Path],
-    config: CalibrationConfig = CalibrationConfig(),
-    stride: int = 1,
-    device: str = "auto",
-    progress: ProgressFn | None = None,
-    allow_training_scans: bool = False,
-    output: str | Path | None = None,
-) -> tuple[Calibration, Path]:
-    """Detect each healthy image with the bundle, fit the statistics, store them in a bundle.
-
-    ``images``: scan files, DICOM series folders, or folders holding either (``calibration_scans``).
-    ``output`` None: into ``bundle_path`` itself (a folder; a .zip is read-only here), replacing any
-    earlier ``calibration.npz``. ``output`` a new (or empty) folder: a copy of the bundle with the new
-    calibration, the original untouched; the folder appears only once the calibration succeeded.
-    ``checksums.json`` is rewritten so ``load_bundle`` accepts the result. Scans the bundle was
-    trained on are refused unless ``allow_training_scans``: the network has learnt them, so their
-    errors are low and would make every new scan look anomalous. A scan that cannot be read or
-    detected stops the calibration with its path in the message. Returns the calibration and the
-    path of the written ``calibration.npz``.
-    """
-    from ppr.bundle import load_bundle
-    from ppr.detection import DetectOptions, detect
-    from ppr.imageio import read_image
-
-    bundle_path = Path(bundle_path)
-    bundle = load_bundle(bundle_path)
-    target = bundle_path if output is None else Path(output)
-    if not bundle_path.is_dir() and output is None:
-        raise BundleError(
-            f"{bundle_path} is a zipped bundle: unzip it into a folder, calibrate the folder, and zip it again."
-        )
-    if output is not None:
-        _check_new_bundle_folder(bundle_path, target)
-    images = calibration_scans(images)
-    names = [image_case_name(Path(image)) for image in images]
-    if len(images) < MIN_SCANS:
-        found = f" ({', '.join(names)})" if names else ""
-        raise PPRError(
-            f"Calibration needs at least {MIN_SCANS} healthy scans, got {len(images)}{found}: "
-            "give more held-out healthy head CTs (10 or more give stable statistics)."
-        )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise PPRError(f"These scans are given twice: {', '.join(repeated)}. Give each healthy scan once.")
-    seen = sorted(set(names) & training_cases(bundle.info))
-    if seen and not allow_training_scans:
-        raise PPRError(
-            f"The model was trained on {', '.join(seen)}: calibrate with held-out healthy scans "
-            "(or pass --allow-training-scans if you know what you are doing)."
-        )
-    # The statistics are of the raw error: an existing (maybe other-grid) calibration must not be applied.
-    options = DetectOptions(stride=stride, device=device, use_calibration=False)
-
-    def scans() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for index, image in enumerate(images):
-            if progress:
-                progress(index / len(images), f"detecting {names[index]}")
-            try:
-                result = detect(read_image(image), bundle, options)
-            except PPRError as error:  # say which of the scans it was
-                raise type(error)(f"{image}: {error}") from None
-            except Exception as error:  # still name the scan; the cause stays chained for a traceback
-                raise PPRError(f"{image}: this scan could not be processed ({error!r}). "
-                               "Leave it out, or check that it is a readable head CT.") from error
-            # Only the measured head: places whose patch reaches a cut of the field of view are no evidence.
-            yield (sitk.GetArrayFromImage(result.error_map_model),
-                   sitk.GetArrayFromImage(result.measured_mask_model) > 0)
-
-    from ppr.scores import BRAIN_REGIONS, focus_mask
-
-    # The reference's brain and skull, where detection looks for the most anomalous point too.
-    everywhere = np.ones(bundle.reference.GetSize()[::-1], dtype=bool)
-    brain_and_skull = focus_mask(bundle.region_masks, everywhere)
-    brain = np.zeros_like(everywhere)
-    for name in BRAIN_REGIONS:
-        brain |= bundle.region_masks.get(name, False)
-    calibration = fit_calibration_scans(scans(), names, config, brain_and_skull, bundle.error_unit,
-                                        brain_mask=brain if brain.any() else None)
-    if progress:
-        progress(1.0, "writing the calibration")
-    if output is None:
-        return calibration, _write_into(bundle_path, calibration)
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        _copy_bundle_files(bundle_path, partial)
-        _write_into(partial, calibration)
-        if target.exists():
-            target.rmdir()  # checked empty above
-        partial.replace(target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return calibration, target / "calibration.npz"
-
-
-def _write_into(folder: Path, calibration: Calibration) -> Path:
-    """``calibration.npz`` into a bundle folder (atomically) and its checksums refreshed."""
-    from ppr.bundle import CALIBRATION, write_checksums
-
-    partial = folder / f".{CALIBRATION}.partial"
-    save_calibration(calibration, partial)
-    partial.replace(folder / CALIBRATION)
-    write_checksums(folder)
-    return folder / CALIBRATION
-
-
-def _check_new_bundle_folder(source: Path, target: Path) -> None:
-    if target.resolve() == source.resolve():
-        raise PPRError(f"--out {target} is the bundle itself: give a new folder, or leave --out away to "
-                       "calibrate the bundle in place.")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise PPRError(f"{target} already exists and is not an empty folder: give a new folder for the "
-                       "calibrated bundle.")
-    if not target.parent.is_dir():
-        raise PPRError(f"The folder {target.parent} for the calibrated bundle does not exist: create it first.")
-
-
-def _copy_bundle_files(source: Path, folder: Path) -> None:
-    """The bundle's files (a folder, or the files of a zipped bundle) into a new ``folder``, without
-    its calibration and checksums (written afresh)."""
-    from ppr.bundle import CALIBRATION, CHECKSUMS
-
-    folder.mkdir(parents=True)
-    skipped = {CALIBRATION, CHECKSUMS}
-    if source.is_dir():
-        for path in sorted(source.iterdir()):
-            if path.is_file() and path.name not in skipped and not path.name.startswith("."):
-                shutil.copy2(path, folder / path.name)
-        return
-    with zipfile.ZipFile(source) as archive:
-        for member in archive.infolist():
-            name = Path(member.filename).name
-            if member.is_dir() or not name or name in skipped or name.startswith("."):
-                continue
-            with archive.open(member) as reading, open(folder / name, "wb") as writing:
-                shutil.copyfileobj(reading, writing)
-
-
-def calibration_scans(items: Sequence[str | Path]) -> list[Path]:
-    """The scans named by ``items``, in order: a file is one scan; a folder holding a DICOM series
-    is one scan; any other folder gives its image files (NIfTI, NRRD, MetaImage) and its
-    sub-folders that hold a DICOM series, sorted by name (not deeper)."""
-    from ppr.imageio import scans_in  # here: imageio brings pydicom, which bundle loading does not need
-
-    scans: list[Path] = []
-    for item in map(Path, items):
-        if not item.exists():
-            raise PPRError(f"{item} does not exist: check the paths of the healthy scans.")
-        found = [item] if item.is_file() else scans_in(item)
-        if not found:
-            raise PPRError(f"{item} holds no scan: give NIfTI / NRRD / MetaImage files or DICOM series "
-                           "folders of healthy head CTs.")
-        scans += found
-    return scans
-
-
-def image_case_name(path: Path) -> str:
-    """The case name of an image file: its file name without the image extension."""
-    from ppr.imageio import VOLUME_SUFFIXES  # here: see calibration_scans
-
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def training_cases(bundle_info: Mapping[str, Any]) -> set[str]:
-    """Names of the scans a bundle was trained on (empty when the bundle does not say)."""
-    training = bundle_info.get("training", {}) if isinstance(bundle_info, Mapping) else {}
-    return {str(name) for name in training.get("cases", []) or []}

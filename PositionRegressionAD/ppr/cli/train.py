@@ -1,10 +1,10 @@
 """``python -m ppr train IMAGES... --out BUNDLE``: train a PPR model bundle on healthy head CTs.
 
-``--method ae`` trains the paper's autoencoder baseline instead (``ppr.autoencoder``: L1 on
+``--method ae`` trains the paper's autoencoder baseline instead (``ppr.networks.autoencoder``: L1 on
 ``--volumes-per-step`` whole volumes per step, default 4); its bundle records the method, and its
 rate is in volumes per second (``volumes/s`` in the progress lines, ``volumes_per_second`` in JSON).
 
-Argument parsing and printing only: the work is ``ppr.training.train_bundle``. With ``--progress``
+Argument parsing and printing only: the work is ``ppr.workflows.train.train_bundle``. With ``--progress``
 every step prints ``PROGRESS <fraction> step S loss L [val V] patches/s R ETA Ts`` on stderr; with
 ``--json`` the last stdout line is one JSON object (bundle, steps, seconds, losses, patches/s).
 Preprocessed volumes and the checkpoint are kept in ``<BUNDLE>.cache/`` (or ``--cache DIR``), so
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
-from ppr.training import AE_LOSSES, METHODS, MODES, TrainConfig
+from ppr.networks.training import AE_LOSSES, METHODS, MODES, TrainConfig
 
 PREPROCESS = PreprocessConfig()
 TRAINING = TrainConfig(steps=1)
@@ -74,7 +74,7 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppr.training import train_bundle
+    from ppr.workflows.train import train_bundle  # here: preprocessing (pydicom, registration) only when training runs
 
     max_minutes = args.max_minutes
     if args.steps is None and max_minutes is None:

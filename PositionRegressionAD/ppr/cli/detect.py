@@ -1,6 +1,6 @@
 """``python -m ppr detect INPUT --model BUNDLE --out ERRORMAP``: the error map of one head CT.
 
-Argument parsing and printing only: the work is ``ppr.detection.detect``. The error map is written
+Argument parsing and printing only: the work is ``ppr.workflows.detection.detect``. The error map is written
 on the input's own grid; with a calibrated bundle the z-map too, on the same grid, at ``--z-out``
 or beside ``--out`` as ``<out stem>_z.nii.gz`` (``z_map_path``). With ``--json`` the last stdout
 line is one JSON object: ``seconds`` (total) and ``seconds_per_step``, ``device``, ``stride``,
@@ -13,7 +13,7 @@ same of the z-map, null without calibration), ``post_filter`` (the AE residual's
 PPR), ``overlay_threshold`` (the calibration's z threshold for
 overlays, null without calibration), ``max_error_lps`` (highest z inside brain and skull when
 calibrated, else highest error), ``registration_metric``, ``output``, ``z_map`` (path or null),
-``model``, ``reliability`` (calibrated bundles: the out-of-depth check of ``ppr.reliability``,
+``model``, ``reliability`` (calibrated bundles: the out-of-depth check of ``ppr.statistics.reliability``,
 ``reliable``, ``brain_median_z``, ``fraction_above_threshold``, the calibration scans' ranges and
 ``message``, the warning in plain words or ""; null without calibration). ``--no-calibration``
 ignores a calibration (score_map "mm", for comparison). Without ``--json`` an unreliable scan's
@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from ppr.autoencoder import POST_FILTERS
-from ppr.inference import STRIDES
-from ppr.scores import AGGREGATES
+from ppr.networks.autoencoder import POST_FILTERS
+from ppr.networks.inference import STRIDES
+from ppr.statistics.scores import AGGREGATES
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -73,10 +73,11 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppr.bundle import load_bundle
-    from ppr.detection import DetectOptions, detect
-    from ppr.imageio import check_outputs, read_image, write_image
-    from ppr.scores import ScoreOptions
+    # here: SimpleITK and pydicom only when the command runs, so --help and argument errors stay fast
+    from ppr.image.imageio import check_outputs, read_image, write_image
+    from ppr.statistics.scores import ScoreOptions
+    from ppr.workflows.bundle import load_bundle
+    from ppr.workflows.detection import DetectOptions, detect
 
     # Before any work: outputs writable, none of them the input, --out and the z-map not one file.
     check_outputs([args.out, z_map_path(args.out, args.z_out)], inputs=[args.input])

@@ -1,7 +1,7 @@
 """Training a PPR network on healthy head CTs in model space.
 
 What it does:
-- ``prepare_volumes``: preprocess each scan once (``ppr.preprocess.to_model_space``) and cache the
+- ``prepare_volumes``: preprocess each scan once (``ppr.image.preprocess.to_model_space``) and cache the
   model-space volume and head mask (``.npz``) keyed by the file's hash, the configuration and the
   reference, so a second run (or a resumed one) skips registration.
 - ``train``: Adam (lr 1e-4) on the paper's loss ||x - f(p_x)||, either
@@ -10,14 +10,13 @@ What it does:
   convolutionally: every stride-4 output of the crop is a patch, those whose centre is outside the
   head are masked out of the loss). A fixed seeded sample of validation patches gives the
   validation loss; checkpoints allow ``resume``; the run is seeded and repeatable on one device.
-- ``train`` with ``method="ae"``: the autoencoder baseline (``ppr.autoencoder``) instead, Adam on
+- ``train`` with ``method="ae"``: the autoencoder baseline (``ppr.networks.autoencoder``) instead, Adam on
   the L1 reconstruction loss of ``volumes_per_step`` whole volumes per step (the paper's batch of 4),
   by default inside the head mask (``ae_loss``); its validation loss is the same L1 over the
   validation volumes. Same checkpoints, resume, log and progress as PPR.
-- ``train_bundle``: all of the above from scan files to a model bundle (written by ``ppr.bundle``)
-  with its ``training_log.json`` (per-step loss, validation loss, seconds).
 
-What it does not: parse arguments (``ppr.cli_train``) or compute error maps (``ppr.inference``).
+What it does not: write model bundles (``ppr.workflows.train.train_bundle``), parse arguments
+(``ppr.cli.train``) or compute error maps (``ppr.networks.inference``).
 Arrays are model-space numpy arrays indexed (z, y, x).
 """
 
@@ -34,16 +33,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from torch import nn
 
-from ppr.augmentation import ScannerAugmentation, apply_curve, augment_hu, curve_on_device, fov_cut_index
-from ppr.autoencoder import LEVELS, AutoEncoder3D, check_grid, reconstruction_loss
+from ppr.networks.augmentation import ScannerAugmentation, apply_curve, augment_hu, curve_on_device, fov_cut_index
+from ppr.networks.autoencoder import AutoEncoder3D, check_grid, reconstruction_loss
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
-from ppr.inference import autocast_context, resolve_device
-from ppr.intensity import EqualisationCurve
-from ppr.network import PPRNet, normalised_positions, position_loss
+from ppr.networks.inference import autocast_context, resolve_device
+from ppr.image.intensity import EqualisationCurve
+from ppr.networks.network import PPRNet, normalised_positions, position_loss
 
 ProgressFn = Callable[[float, str], None]
 MODES = ("sampled", "dense")
@@ -69,14 +69,14 @@ class TrainConfig:
     val_patches: size of the fixed validation sample; val_every: steps between validations.
     checkpoint_minutes: wall time between checkpoints (one is always written at the end).
     method: "ppr" (patch position regression) or "ae" (the autoencoder baseline of the paper's
-        comparison, ``ppr.autoencoder``; mode, batch, crop(s) and patch_size do not apply to it).
+        comparison, ``ppr.networks.autoencoder``; mode, batch, crop(s) and patch_size do not apply to it).
     volumes_per_step: AE batch, whole volumes per step (the paper's 4).
     ae_loss: where the AE's L1 is averaged. "head" (default): over head-mask voxels only, because
         the anomaly map is only read inside the head and the background, most of the grid and
         trivially 0, would otherwise dominate the mean and reward a blurry head; "volume": over
         the whole grid, as Baur et al. trained on whole images.
     augment: dense PPR training sees each crop as another scanner would show it
-        (``ppr.augmentation``: sharpness, gain, offset, noise, field of view); validation does not.
+        (``ppr.networks.augmentation``: sharpness, gain, offset, noise, field of view); validation does not.
     """
 
     steps: int | None = None
@@ -196,21 +196,18 @@ def _cache_key(image_digest: str, reference_digest: str, config: PreprocessConfi
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _reference_digest(reference: "sitk.Image") -> str:  # noqa: F821 - SimpleITK imported lazily
-    import SimpleITK as sitk
-
+def _reference_digest(reference: sitk.Image) -> str:
     digest = hashlib.sha256(sitk.GetArrayViewFromImage(reference).tobytes())
     digest.update(repr((reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection())).encode())
     return digest.hexdigest()
 
 
-def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
+def load_or_preprocess(path: Path, reference: sitk.Image, config: PreprocessConfig,
                        cache_dir: Path, reference_digest: str | None = None) -> TrainingVolume:
     """The model-space volume of one scan, from the cache or preprocessed (and cached) now."""
-    import SimpleITK as sitk
-
-    from ppr.imageio import file_digest
-    from ppr.preprocess import to_model_space
+    # here: reading scans brings pydicom and registration, which training from cached volumes needs not
+    from ppr.image.imageio import file_digest
+    from ppr.image.preprocess import to_model_space
 
     reference_digest = reference_digest or _reference_digest(reference)
     cached = Path(cache_dir) / f"{_cache_key(file_digest(path), reference_digest, config)}.npz"
@@ -235,7 +232,7 @@ def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessCo
     return TrainingVolume(case_name(path), volume, head, anchored)
 
 
-def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
+def prepare_volumes(paths: Sequence[Path], reference: sitk.Image, config: PreprocessConfig,
                     cache_dir: Path, progress: ProgressFn | None = None) -> list[TrainingVolume]:
     """Every scan in model space (cached); all unusable scans are named in one error."""
     reference_digest = _reference_digest(reference)
@@ -656,101 +653,11 @@ def _progress_message(state: _State, record: dict[str, Any], config: TrainConfig
             f"ETA {eta:.0f}s")
 
 
-# ---------------------------------------------------------------------------------------------
-# From scan files to a model bundle
-
-
-TRAINING_LOG = "training_log.json"
-
-
-def default_cache_dir(out: Path) -> Path:
-    """Preprocessed volumes and the checkpoint live beside the bundle: <out>.cache/."""
-    out = Path(out)
-    return out.parent / f"{out.name}.cache"
-
-
-def write_training_log(path: Path, result_log: list[dict[str, Any]], config: TrainConfig,
-                       cases: list[str], validation_cases: list[str],
-                       initial_val_loss: float | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    content = {"config": config.to_dict(), "cases": cases, "validation_cases": validation_cases,
-               "initial_val_loss": initial_val_loss, "steps": result_log}
-    path.write_text(json.dumps(content) + "\n")
-    return path
-
-
-def train_bundle(images: Sequence[Path], out: Path, preprocess: PreprocessConfig, config: TrainConfig,
-                 reference_image: Path | None = None, validation_images: Sequence[Path] = (),
-                 cache_dir: Path | None = None, resume: bool = False,
-                 progress: ProgressFn | None = None,
-                 init_from: Path | None = None) -> tuple[Path, TrainingResult]:
-    """Preprocess (cached), train, and write the model bundle with its training_log.json.
-
-    The reference is ``reference_image`` or else the first training image. ``init_from``: a model
-    bundle whose network weights training starts from (fine-tuning; same method, m and patch size).
-    Progress: 0-0.1 preprocessing, 0.1-0.98 training, then saving.
-    """
-    from ppr.bundle import save_bundle
-    from ppr.imageio import read_image
-    from ppr.preprocess import prepare_reference
-
-    report = progress or (lambda fraction, message: None)
-    images = [Path(p) for p in images]
-    if not images:
-        raise PPRError("No training scans were given: train on at least one healthy head CT.")
-    if config.method == "ae":  # before any preprocessing: a wrong grid is known at once
-        check_grid((preprocess.size,) * 3, 2**LEVELS)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(out)
-    reference_path = Path(reference_image) if reference_image is not None else images[0]
-    report(0.0, f"preparing the reference {reference_path.name}")
-    reference = prepare_reference(read_image(reference_path), preprocess)
-    everything = [*images, *validation_images]
-    prepared = prepare_volumes(everything, reference, preprocess, cache_dir / "volumes",
-                               lambda f, m: report(0.1 * f, m))
-    volumes, validation = prepared[:len(images)], prepared[len(images):]
-    result = train(volumes, config, validation, checkpoint=cache_dir / "checkpoint.pt", resume=resume,
-                   progress=lambda f, m: report(0.1 + 0.88 * f, m),
-                   network=None if init_from is None else _initial_network(Path(init_from), config),
-                   augmentation=augmentation_context(reference, preprocess) if config.augment else None)
-    report(0.98, "writing the model bundle")
-    cases = [v.name for v in volumes]
-    validation_cases = [v.name for v in validation]
-    log_path = write_training_log(cache_dir / TRAINING_LOG, result.log, config, cases, validation_cases,
-                                  result.initial_val_loss)
-    summary = {
-        "cases": cases, "case_count": len(cases), "validation_cases": validation_cases,
-        "reference": case_name(reference_path), "steps": result.steps, "seconds": round(result.seconds, 1),
-        "final_loss": result.final_loss, "final_val_loss": result.final_val_loss,
-        "initial_val_loss": result.initial_val_loss,
-        f"{config.rate_unit}_per_second": round(result.patches_per_second, 3 if config.method == "ae" else 1),
-        "device": result.device, "method": config.method, "config": config.to_dict(),
-        "initialised_from": None if init_from is None else Path(init_from).name,
-    }
-    path = save_bundle(out, result.network, preprocess, reference, summary, {TRAINING_LOG: log_path})
-    report(1.0, f"model bundle written to {path}")
-    return path, result
-
-
-def augmentation_context(reference: "sitk.Image", preprocess: PreprocessConfig,  # noqa: F821
+def augmentation_context(reference: sitk.Image, preprocess: PreprocessConfig,
                          augmentation: ScannerAugmentation = ScannerAugmentation()) -> AugmentationContext:
-    """The reference's curve and brain median, for augmenting crops in HU (``ppr.augmentation``)."""
-    from ppr.preprocess import intensity_anchor
+    """The reference's curve and brain median, for augmenting crops in HU (``ppr.networks.augmentation``)."""
+    from ppr.image.preprocess import intensity_anchor  # here: see load_or_preprocess
 
     anchor = intensity_anchor(reference, preprocess)
     centre = anchor.brain_median_hu if anchor.brain_median_hu is not None else float(np.mean(preprocess.window_hu))
     return AugmentationContext(augmentation, anchor.curve, preprocess.window_hu, centre, preprocess.spacing_mm)
-
-
-def _initial_network(bundle_path: Path, config: TrainConfig) -> nn.Module:
-    """The network of a bundle, to fine-tune: it must be what ``config`` would train."""
-    from ppr.bundle import load_bundle
-
-    network = load_bundle(bundle_path).network
-    expected = new_network(config)
-    if type(network) is not type(expected) or network.state_dict().keys() != expected.state_dict().keys() or any(
-        network.state_dict()[k].shape != v.shape for k, v in expected.state_dict().items()
-    ):
-        raise PPRError(f"The bundle {bundle_path} holds another network than this training builds "
-                       f"(method {config.method}, m {config.m}, patch size {config.patch_size}): "
-                       "fine-tune with the bundle's own settings.")
-    return network

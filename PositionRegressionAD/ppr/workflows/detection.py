@@ -1,31 +1,31 @@
 """Detection: one head CT and a model bundle in, its error map, z-map and region scores out.
 
 Steps, each timed: preprocess (validate, register to the bundle's reference, place on the model
-grid, normalise: ``ppr.preprocess.to_model_space``), the error map in model space
-(``ppr.inference.error_map``), the map back on the input's own grid (model space -> input space,
-linear, ``ppr.geometry.to_input_space``: exactly the input's origin, spacing, direction and size;
-0 outside the model grid), and region scores (``ppr.scores``) on the model-space map with the
+grid, normalise: ``ppr.image.preprocess.to_model_space``), the error map in model space
+(``ppr.networks.inference.error_map``), the map back on the input's own grid (model space -> input space,
+linear, ``ppr.image.geometry.to_input_space``: exactly the input's origin, spacing, direction and size;
+0 outside the model grid), and region scores (``ppr.statistics.scores``) on the model-space map with the
 bundle's reference regions.
 
 With a calibrated bundle (``bundle.calibration``, unless ``DetectOptions.use_calibration`` is
-False) it also computes the z-map in model space (``ppr.scores.head_z_map``: 0 outside the head),
+False) it also computes the z-map in model space (``ppr.statistics.scores.head_z_map``: 0 outside the head),
 brings it to input space the same way as the error map, scores the regions on the z-map instead of
 the error, and places the most anomalous point at the highest z inside brain and skull
-(``ppr.scores.focus_mask``). Without calibration the region scores and the most anomalous point
+(``ppr.statistics.scores.focus_mask``). Without calibration the region scores and the most anomalous point
 come from the error in mm, as before calibration existed.
 
-Only the measured head counts (``ppr.field_of_view``: this scan's head mask less the places whose
+Only the measured head counts (``ppr.image.field_of_view``: this scan's head mask less the places whose
 network context reaches a cut of its field of view, where the scanned box cuts through the head):
 the region scores, the summaries, the most anomalous point and the out-of-depth check
-(``ppr.reliability``, calibrated bundles only) look there only, and the z-map is 0 elsewhere. The
+(``ppr.statistics.reliability``, calibrated bundles only) look there only, and the z-map is 0 elsewhere. The
 error map keeps the raw error of the whole head.
 
 An autoencoder bundle (``bundle.method == "ae"``, the paper's baseline) goes through the same steps
-with the residual map of ``ppr.autoencoder.residual_map`` (post-filtered |x - AE(x)|, unit
+with the residual map of ``ppr.networks.autoencoder.residual_map`` (post-filtered |x - AE(x)|, unit
 "intensity") in place of the position error (unit "mm"); ``DetectionResult.unit`` says which.
 Everything after the map (input space, calibration, z-map, region scores) is the same code.
 
-What it does not: read or write files (``cli_detect``), train, or calibrate.
+What it does not: read or write files (``ppr.cli.detect``), train, or calibrate.
 """
 
 from __future__ import annotations
@@ -37,14 +37,16 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from ppr.autoencoder import POST_FILTERS, residual_map
-from ppr.bundle import ModelBundle
-from ppr.calibration import measured_on_grid
-from ppr.field_of_view import context_voxels, measured_mask, scanned_box
-from ppr.inference import InferenceOptions, error_map, resolve_device
-from ppr.registration import RegistrationResult
-from ppr.reliability import Reliability, assess
-from ppr.scores import BRAIN_REGIONS, ScoreOptions, error_summary, focus_mask, head_z_map, region_scores
+from ppr.image.field_of_view import context_voxels, measured_mask, scanned_box
+from ppr.image.geometry import to_input_space
+from ppr.image.preprocess import to_model_space
+from ppr.image.registration import RegistrationResult
+from ppr.networks.autoencoder import POST_FILTERS, residual_map
+from ppr.networks.inference import InferenceOptions, error_map, resolve_device
+from ppr.statistics.calibration import measured_on_grid
+from ppr.statistics.reliability import Reliability, assess
+from ppr.statistics.scores import BRAIN_REGIONS, ScoreOptions, error_summary, focus_mask, head_z_map, region_scores
+from ppr.workflows.bundle import ModelBundle
 
 ProgressFn = Callable[[float, str], None]
 
@@ -88,10 +90,10 @@ class DetectionResult:
     overlay_threshold_z: the calibration's overlay threshold (None without calibration);
     unit: the error map's unit, "mm" (PPR position error) or "intensity" (AE residual);
     measured_mask_model: uint8, model grid: the head less the places near a cut of the field of
-    view (``ppr.field_of_view``), where scores, summaries and z look; reliability: the
-    out-of-depth check (``ppr.reliability``), None without calibration;
+    view (``ppr.image.field_of_view``), where scores, summaries and z look; reliability: the
+    out-of-depth check (``ppr.statistics.reliability``), None without calibration;
     brain_shift_hu: HU added to the scan so that its brain's median matches the reference's
-    (``ppr.preprocess``; how far this scanner's calibration is from the training data's)."""
+    (``ppr.image.preprocess``; how far this scanner's calibration is from the training data's)."""
 
     error_map_model: sitk.Image
     error_map_input: sitk.Image
@@ -126,8 +128,6 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     Raises InputImageError / RegistrationError (from preprocessing) with messages for the user, and
     PPRError when the bundle's calibration was made for another model grid.
     """
-    from ppr.preprocess import to_model_space
-
     report = progress or (lambda fraction, message: None)
     seconds: dict[str, float] = {}
     device = resolve_device(options.device)
@@ -218,8 +218,6 @@ def highest_point_inside(map_input: sitk.Image, mask_model: sitk.Image,
     point is a voxel of the map the user sees; where the mask misses the input grid altogether,
     the highest voxel of the whole map.
     """
-    from ppr.geometry import to_input_space
-
     mask = to_input_space(mask_model, registration.transform, map_input, 0, sitk.sitkNearestNeighbor)
     inside = sitk.GetArrayViewFromImage(mask) > 0
     values = sitk.GetArrayViewFromImage(map_input)
@@ -239,8 +237,6 @@ def _model_image(values: np.ndarray, model_volume: sitk.Image) -> sitk.Image:
 
 def _on_input_grid(model_map: sitk.Image, registration: RegistrationResult, image: sitk.Image) -> sitk.Image:
     """Model space -> input space (linear, 0 outside the model grid), float32 on the input's exact grid."""
-    from ppr.geometry import to_input_space
-
     return sitk.Cast(to_input_space(sitk.Cast(model_map, sitk.sitkFloat32), registration.transform, image, 0.0),
                      sitk.sitkFloat32)
 

@@ -6,8 +6,8 @@ positions). Before any voxel is used it refuses a file whose header declares mor
 ``MAX_VOXELS`` voxels, and a NIfTI file that holds fewer data bytes than its header declares or whose
 gzip stream does not end properly (SimpleITK would read the missing slices as zeros). NIfTI floats
 that are NaN or infinite stay so (SimpleITK's NIfTI reader turns them into 0), so that
-``ppr.validation`` sees them. It does not check whether the image is a usable head CT (see
-``ppr.validation``) and never changes the file it reads.
+``ppr.image.validation`` sees them. It does not check whether the image is a usable head CT (see
+``ppr.image.validation``) and never changes the file it reads.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ppr.errors import InputImageError, OutputFileError
-from ppr.validation import check_finite
+from ppr.image.validation import check_finite
 
 PathLike = str | os.PathLike
 
@@ -74,7 +74,7 @@ def read_image(path: PathLike) -> sitk.Image:
     """Read an image file, or the largest DICOM series in a folder, keeping its geometry.
 
     Refuses (``InputImageError``) a declared size above ``MAX_VOXELS`` before reading any voxel, and a
-    truncated or corrupt NIfTI file; keeps a NIfTI's NaN and infinite values for ``ppr.validation``."""
+    truncated or corrupt NIfTI file; keeps a NIfTI's NaN and infinite values for ``ppr.image.validation``."""
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"{path} does not exist: check the path of the input image.")
@@ -461,3 +461,12 @@ def file_digest(path: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def image_case_name(path: Path) -> str:
+    """The case name of an image file: its file name without the image extension."""
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -22,14 +22,14 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from ppr import geometry
+from ppr.image import geometry
 from ppr.config import PreprocessConfig
-from ppr.geometry import Grid, to_input_space
-from ppr.imageio import read_image
-from ppr.intensity import EqualisationCurve, brain_median_hu, normalize, reference_curve, window
-from ppr.masks import head_mask, intracranial_mask, region_masks
-from ppr.registration import RegistrationResult, register_to_reference
-from ppr.validation import validate_head_ct
+from ppr.image.geometry import Grid, to_input_space
+from ppr.image.imageio import read_image
+from ppr.image.intensity import EqualisationCurve, brain_median_hu, normalize, reference_curve, window
+from ppr.image.masks import head_mask, intracranial_mask, region_masks
+from ppr.image.registration import RegistrationResult, register_to_reference
+from ppr.image.validation import validate_head_ct
 
 __all__ = [
     "ModelSpaceVolume",
