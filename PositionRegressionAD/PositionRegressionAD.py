@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Annotated
 
-from PositionRegressionADLib.calibration_logic import CalibrationLogic, CalibrationPanel
+from PositionRegressionADLib.calibration_logic import CalibrationLogic, CalibrationPanel, calibration_words
 from PositionRegressionADLib.detection_logic import (
     FULL_RESOLUTION_STRIDE,
     PREVIEW_STRIDE,
@@ -112,7 +112,7 @@ if ScriptedLoadableModule is not None:
             self._run = None
             self._state = RunState(detection_words(_))  # what the panel shows about the run: rendered only
             self._timer = None
-            self.calibration = CalibrationPanel(CalibrationLogic())  # "Calibrate on my scanner"
+            self.calibration = CalibrationPanel(CalibrationLogic(), calibration_words(_))  # "Calibrate on my scanner"
             self._calibrationTimer = None
             self._deviceProbe = None
             self._deviceTimer = None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ppr.networks.augmentation import ScannerAugmentation, apply_curve, augment_hu, blurred, curve_on_device
-from ppr.image.intensity import EqualisationCurve
+from ppr.image.equalisation import EqualisationCurve
 from ppr.networks.training import AugmentationContext, TrainConfig, TrainingVolume, _PaddedVolume, dense_crop
 
 WINDOW = (-20.0, 100.0)

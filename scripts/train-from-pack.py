@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PositionRegressionAD"))
 
 from ppr.networks.augmentation import ScannerAugmentation  # noqa: E402
-from ppr.image.intensity import EqualisationCurve  # noqa: E402
+from ppr.image.equalisation import EqualisationCurve  # noqa: E402
 from ppr.networks.training import AugmentationContext, TrainConfig, TrainingVolume, train  # noqa: E402
 
 

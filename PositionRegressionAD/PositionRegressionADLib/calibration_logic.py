@@ -47,7 +47,7 @@ from PositionRegressionADLib.detection_logic import (
     default_python_command,
 )
 from PositionRegressionADLib.process import ChildProcess, DetectionProcess, ProcessLauncher, ProcessOutcome, Progress
-from PositionRegressionADLib.run_state import RunState, RunWords
+from PositionRegressionADLib.run_state import RunState, RunWords, untranslated
 from ppr.errors import InputImageError, PPRError
 
 # The stride the default model was calibrated at (scripts/train-default-model): the statistics of
@@ -56,10 +56,15 @@ CALIBRATION_STRIDE = 2
 
 
 # What the module's calibration panel says in each phase (``RunState(CALIBRATION_WORDS)``).
-CALIBRATION_WORDS = RunWords(start="Calibrate on my scanner", cancel="Cancel calibration", cancelling="Cancelling...",
-                             starting="Starting...", installing="Installing PyTorch (several minutes)...",
-                             cancelled="Calibration cancelled: no model was written.",
-                             failed="Calibration failed")
+def calibration_words(_: Callable[[str], str] = untranslated) -> RunWords:
+    """The words in the module's language (``_``: Slicer's translation function; see ``run_state``)."""
+    return RunWords(start=_("Calibrate on my scanner"), cancel=_("Cancel calibration"),
+                    cancelling=_("Cancelling..."), starting=_("Starting..."),
+                    installing=_("Installing PyTorch (several minutes)..."),
+                    cancelled=_("Calibration cancelled: no model was written."), failed=_("Calibration failed"))
+
+
+CALIBRATION_WORDS = calibration_words()
 
 
 class CalibrationFailedError(PPRError):
@@ -212,9 +217,9 @@ class CalibrationPanel:
     and hand to ``state.failed`` (``run_state.shown_then_recorded``).
     """
 
-    def __init__(self, logic: CalibrationLogic) -> None:
+    def __init__(self, logic: CalibrationLogic, words: RunWords = CALIBRATION_WORDS) -> None:
         self.logic = logic
-        self.state = RunState(CALIBRATION_WORDS)
+        self.state = RunState(words)
         self.run: CalibrationRun | None = None
 
     @property

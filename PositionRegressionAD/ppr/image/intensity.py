@@ -15,35 +15,15 @@ what the head is (``ppr.image.masks`` does). numpy only: it runs in 3D Slicer's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import SimpleITK as sitk
 
 from ppr.config import PreprocessConfig
+from ppr.image.equalisation import EqualisationCurve
 
-EQUALIZE_BINS = 256
 # Soft tissue as a fraction of the window (-14 to 64 HU for [-20, 100]): brain, not air or bone.
 SOFT_TISSUE_FRACTION = (0.05, 0.7)
 MIN_BRAIN_VOXELS = 1000
-
-
-@dataclass(frozen=True)
-class EqualisationCurve:
-    """A monotone map HU -> [0, 1]: the cumulative histogram sampled at bin centres (HU)."""
-
-    centres_hu: np.ndarray
-    cumulative: np.ndarray
-
-    @classmethod
-    def of(cls, values_hu: np.ndarray, bins: int = EQUALIZE_BINS) -> "EqualisationCurve":
-        """The equalisation curve of values (what scikit-image's equalize_hist computes)."""
-        counts, edges = np.histogram(values_hu, bins=bins, range=(float(values_hu.min()), float(values_hu.max())))
-        cumulative = np.cumsum(counts, dtype=np.float64)
-        return cls((edges[:-1] + edges[1:]) / 2.0, cumulative / cumulative[-1])
-
-    def apply(self, values_hu: np.ndarray) -> np.ndarray:
-        return np.interp(values_hu, self.centres_hu, self.cumulative).astype(np.float32)
 
 
 def window(image_hu: sitk.Image, window_hu: tuple[float, float]) -> sitk.Image:

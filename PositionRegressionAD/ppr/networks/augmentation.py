@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ppr.image.intensity import EqualisationCurve
+from ppr.image.equalisation import EqualisationCurve
 
 # Gaussian sigmas (voxels, z y x) of the blurred copy that sharpness blends with: model z runs
 # across the slices of an axial scan.

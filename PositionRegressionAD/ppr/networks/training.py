@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from torch import nn
 
@@ -42,7 +41,7 @@ from ppr.networks.autoencoder import AutoEncoder3D, check_grid, reconstruction_l
 from ppr.config import PreprocessConfig
 from ppr.errors import PPRError
 from ppr.networks.inference import autocast_context, resolve_device
-from ppr.image.intensity import EqualisationCurve
+from ppr.image.equalisation import EqualisationCurve
 from ppr.networks.network import PPRNet, normalised_positions, position_loss
 
 ProgressFn = Callable[[float, str], None]
@@ -196,16 +195,20 @@ def _cache_key(image_digest: str, reference_digest: str, config: PreprocessConfi
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _reference_digest(reference: sitk.Image) -> str:
+def _reference_digest(reference: "sitk.Image") -> str:  # noqa: F821 - SimpleITK imported where used
+    import SimpleITK as sitk  # here: training steps from a pack run without SimpleITK
+
     digest = hashlib.sha256(sitk.GetArrayViewFromImage(reference).tobytes())
     digest.update(repr((reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection())).encode())
     return digest.hexdigest()
 
 
-def load_or_preprocess(path: Path, reference: sitk.Image, config: PreprocessConfig,
+def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
                        cache_dir: Path, reference_digest: str | None = None) -> TrainingVolume:
     """The model-space volume of one scan, from the cache or preprocessed (and cached) now."""
-    # here: reading scans brings pydicom and registration, which training from cached volumes needs not
+    # here: reading scans brings SimpleITK, pydicom and registration, which training steps need not
+    import SimpleITK as sitk
+
     from ppr.image.imageio import file_digest
     from ppr.image.preprocess import to_model_space
 
@@ -232,7 +235,7 @@ def load_or_preprocess(path: Path, reference: sitk.Image, config: PreprocessConf
     return TrainingVolume(case_name(path), volume, head, anchored)
 
 
-def prepare_volumes(paths: Sequence[Path], reference: sitk.Image, config: PreprocessConfig,
+def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
                     cache_dir: Path, progress: ProgressFn | None = None) -> list[TrainingVolume]:
     """Every scan in model space (cached); all unusable scans are named in one error."""
     reference_digest = _reference_digest(reference)
@@ -653,7 +656,7 @@ def _progress_message(state: _State, record: dict[str, Any], config: TrainConfig
             f"ETA {eta:.0f}s")
 
 
-def augmentation_context(reference: sitk.Image, preprocess: PreprocessConfig,
+def augmentation_context(reference: "sitk.Image", preprocess: PreprocessConfig,  # noqa: F821
                          augmentation: ScannerAugmentation = ScannerAugmentation()) -> AugmentationContext:
     """The reference's curve and brain median, for augmenting crops in HU (``ppr.networks.augmentation``)."""
     from ppr.image.preprocess import intensity_anchor  # here: see load_or_preprocess
