@@ -17,13 +17,15 @@ score), from the z-map of a calibrated model, else from the error map. A scan th
 reason in its row and the batch goes on. Each scan gets a fresh scene, so memory does not grow with
 the batch.
 
-Exit code: 0 all scans done, 1 some failed (see scores.csv), 2 nothing could start (message on stderr).
+Exit code: 0 all scans done, 1 some failed (see scores.csv) or scores.csv could not be written (a full
+disk: the batch stops, message on stderr), 2 nothing could start (message on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import re
 import sys
@@ -48,8 +50,8 @@ from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progr
 from PositionRegressionADLib.report import REGION_LABELS, WARNING_COLUMN, error_unit_of, table_row
 from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
 from PositionRegressionADLib.scene_io import SceneContext, load_volume, save_node, save_scene_mrb
-from ppr.errors import InputImageError, PPRError
-from ppr.image.imageio import VOLUME_SUFFIXES, read_image, scans_in
+from ppr.errors import InputImageError, OutputFileError, PPRError
+from ppr.image.imageio import VOLUME_SUFFIXES, read_image, scans_in, write_text
 
 SCORES_FILE_NAME = "scores.csv"
 MOOD_FOLDER_NAME = "mood"
@@ -258,7 +260,8 @@ def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: 
 
 
 def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
-    """Rewrite scores.csv with every row so far (the columns are the union of all rows)."""
+    """Rewrite scores.csv with every row so far (the columns are the union of all rows), atomically
+    (``ppr.image.imageio.write_text``)."""
     middle: list[str] = []
     # Columns of done scans first, so a failure before the first success does not reorder them.
     for row in sorted(rows, key=lambda row: row.get("Status") != "ok"):
@@ -267,12 +270,13 @@ def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
     # A region that misses the scan has no score (NaN in the table): an empty cell, not "nan".
     rows = [{key: "" if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
             for row in rows]
-    temporary = path.with_suffix(".csv.part")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
+    with io.StringIO(newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    temporary.replace(path)  # a reader never sees a half-written file
+        text = handle.getvalue()
+    # A reader never sees a half-written file; a full disk raises OutputFileError ("no space left").
+    write_text(path, text)
 
 
 def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO = sys.stderr) -> list[dict[str, object]]:
@@ -315,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = BatchSettings(output_dir=args.output.resolve(), options=options, screenshots=args.screenshots,
                              scene=args.scene, output_format=args.format)
-    rows = run_batch(scans, settings)
+    try:
+        rows = run_batch(scans, settings)
+    except OutputFileError as error:  # scores.csv could not be written (a full disk): the batch stops
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     failed = sum(row["Status"] != "ok" for row in rows)
     print(f"{len(rows) - failed} of {len(rows)} scans done; scores in {settings.output_dir / SCORES_FILE_NAME}",
           file=sys.stderr)

@@ -63,6 +63,7 @@ import numpy as np
 import scipy.ndimage
 
 from ppr.errors import BundleError, PPRError
+from ppr.image.imageio import write_atomically
 from ppr.statistics.reliability import ordinary_tissue_figures
 
 # 2: scan_count (version-1 files are read as measured everywhere); 3: the calibration scans'
@@ -424,9 +425,14 @@ def measured_on_grid(calibration: Calibration, grid_shape: tuple[int, ...]) -> n
 
 
 def save_calibration(calibration: Calibration, path: str | Path) -> Path:
-    """Write ``calibration.npz`` (no pickles: plain arrays, numbers and a JSON config)."""
+    """Write ``calibration.npz`` (no pickles: plain arrays, numbers and a JSON config), atomically
+    (``ppr.image.imageio.write_atomically``: ``OutputFileError``, "no space left on device")."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda temporary: _write_npz(calibration, temporary))
+    return path
+
+
+def _write_npz(calibration: Calibration, path: Path) -> None:
     with open(path, "wb") as handle:
         np.savez_compressed(
             handle,
@@ -445,7 +451,6 @@ def save_calibration(calibration: Calibration, path: str | Path) -> Path:
                 "reference_brain_median_z": np.asarray(calibration.reference_brain_median_z, np.float32),
                 "reference_fraction_above": np.asarray(calibration.reference_fraction_above, np.float32)}),
         )
-    return path
 
 
 def load_calibration(path: str | Path) -> Calibration:

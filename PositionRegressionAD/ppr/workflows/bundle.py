@@ -24,6 +24,7 @@ import json
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -37,6 +38,7 @@ import torch
 import ppr
 from ppr.config import PreprocessConfig
 from ppr.errors import BundleError
+from ppr.image.imageio import write_text
 from ppr.networks.autoencoder import AutoEncoder3D
 from ppr.networks.network import PPRNet
 
@@ -100,13 +102,23 @@ def sha256_file(path: Path) -> str:
 
 
 def write_checksums(folder: Path) -> Path:
-    """(Re)write checksums.json over every file of a bundle folder (after adding or changing one)."""
-    folder = Path(folder)
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
-    checksums = {"algorithm": "sha256", "files": {name: sha256_file(folder / name) for name in files}}
-    path = folder / CHECKSUMS
-    path.write_text(json.dumps(checksums, indent=2, sort_keys=True) + "\n")
+    """(Re)write checksums.json over every file of a bundle folder (after adding or changing one),
+    atomically (``ppr.image.imageio.write_text``)."""
+    path = Path(folder) / CHECKSUMS
+    write_text(path, checksums_text(folder))
     return path
+
+
+def checksums_text(folder: Path, replaced: Mapping[str, Path] | None = None) -> str:
+    """checksums.json's text over every file of a bundle folder but hidden (temporary) ones;
+    ``replaced``: name -> the file that is about to take that name (its checksum is listed)."""
+    folder = Path(folder)
+    replaced = dict(replaced or {})
+    files = {p.name: p for p in folder.iterdir()
+             if p.is_file() and p.name != CHECKSUMS and not p.name.startswith(".")}
+    files.update(replaced)
+    checksums = {"algorithm": "sha256", "files": {name: sha256_file(files[name]) for name in sorted(files)}}
+    return json.dumps(checksums, indent=2, sort_keys=True) + "\n"
 
 
 def network_method(description: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 What it does:
 - ``calibrate_bundle``: detection (``ppr.workflows.detection``) on each healthy scan, the
   statistics fitted (``ppr.statistics.calibration``) and written into the bundle, or into a new
-  copy of it; the bundle's checksums are refreshed with ``ppr.workflows.bundle.write_checksums``.
+  copy of it; the bundle's checksums are refreshed (``ppr.workflows.bundle.checksums_text``); both files are written
+  whole to temporary names before either takes its name.
 - ``calibration_scans``: the scans named by files and folders (image files, DICOM series folders).
 
 What it does not: change any bundle file but ``calibration.npz`` (with an output folder the
@@ -22,12 +23,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ppr.errors import BundleError, PPRError
-from ppr.image.imageio import image_case_name, read_image, scans_in
+from ppr.image.imageio import image_case_name, read_image, scans_in, write_text
 from ppr.statistics.calibration import (
     MIN_SCANS, Calibration, CalibrationConfig, fit_calibration_scans, save_calibration,
 )
 from ppr.statistics.scores import BRAIN_REGIONS, focus_mask
-from ppr.workflows.bundle import CALIBRATION, CHECKSUMS, load_bundle, write_checksums
+from ppr.workflows.bundle import CALIBRATION, CHECKSUMS, checksums_text, load_bundle
 from ppr.workflows.detection import DetectOptions, detect
 
 
@@ -127,11 +128,19 @@ def calibrate_bundle(
 
 
 def _write_into(folder: Path, calibration: Calibration) -> Path:
-    """``calibration.npz`` into a bundle folder (atomically) and its checksums refreshed."""
+    """``calibration.npz`` into a bundle folder and its checksums refreshed: both written in full to
+    temporary names first (a full disk stops here with ``OutputFileError`` and the bundle unchanged),
+    then renamed."""
     partial = folder / f".{CALIBRATION}.partial"
-    save_calibration(calibration, partial)
-    partial.replace(folder / CALIBRATION)
-    write_checksums(folder)
+    listing = folder / f".{CHECKSUMS}.partial"
+    try:
+        save_calibration(calibration, partial)
+        write_text(listing, checksums_text(folder, {CALIBRATION: partial}))
+        partial.replace(folder / CALIBRATION)
+        listing.replace(folder / CHECKSUMS)
+    finally:
+        partial.unlink(missing_ok=True)
+        listing.unlink(missing_ok=True)
     return folder / CALIBRATION
 
 

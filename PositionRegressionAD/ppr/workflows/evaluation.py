@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import hashlib
 import json
 import math
@@ -30,7 +31,7 @@ import SimpleITK as sitk
 
 from ppr.errors import InputImageError, PPRError
 from ppr.image.geometry import to_input_space
-from ppr.image.imageio import file_digest, image_case_name, read_image
+from ppr.image.imageio import file_digest, image_case_name, read_image, write_atomically, write_image, write_text
 from ppr.statistics.calibration import Aggregation, Calibration, z_map
 from ppr.statistics.metrics import (
     DEFAULT_BINS, ScoreHistogram, average_precision, bootstrap_ci, none_if_nan, roc_auc, roc_curve_points,
@@ -178,10 +179,10 @@ class MapCache:
     def save(self, key: str, maps: CaseMaps) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         error_path, mask_path, transform_path = self._paths(key)
-        # the transform is written last: load() needs all three, so a partial entry is never read
-        sitk.WriteImage(sitk.Cast(maps.error_map_mm, sitk.sitkFloat32), str(error_path), useCompression=True)
-        sitk.WriteImage(sitk.Cast(maps.head_mask, sitk.sitkUInt8), str(mask_path), useCompression=True)
-        sitk.WriteTransform(maps.transform, str(transform_path))
+        # each file whole or not at all (ppr.image.imageio), the transform last: load() needs all three
+        write_image(sitk.Cast(maps.error_map_mm, sitk.sitkFloat32), error_path)
+        write_image(sitk.Cast(maps.head_mask, sitk.sitkUInt8), mask_path)
+        write_atomically(transform_path, lambda temporary: sitk.WriteTransform(maps.transform, str(temporary)))
 
 
 def model_key(bundle: Any) -> str:
@@ -465,7 +466,7 @@ def evaluate(
     summary["mood_dir"] = None if mood_dir is None else str(mood_dir)
     write_case_scores(results, out_dir / "cases.csv", "intensity" if config.score_map == "intensity" else "mm")
     summary["seconds"] = round(time.perf_counter() - started, 3)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if progress:
         progress(1.0, "done")
     return summary
@@ -514,8 +515,9 @@ def case_score_columns(error_unit: str = "mm") -> tuple[str, ...]:
 
 
 def write_case_scores(results: Sequence[CaseResult], path: Path, error_unit: str = "mm") -> None:
+    """cases.csv, written atomically (``ppr.image.imageio.write_text``)."""
     columns = case_score_columns(error_unit)
-    with open(path, "w", newline="") as handle:
+    with io.StringIO(newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for r in results:
@@ -531,6 +533,8 @@ def write_case_scores(results: Sequence[CaseResult], path: Path, error_unit: str
                 "from_cache": int(r.from_cache),
                 "seconds": f"{r.seconds:.3f}",
             })
+        text = handle.getvalue()
+    write_text(path, text)
 
 
 def write_roc_curves(
@@ -564,7 +568,7 @@ def write_roc_curves(
         axes.legend(loc="lower right")
         figure.tight_layout()
         name = f"roc_{structure}.png"
-        figure.savefig(out_dir / name)
+        write_atomically(out_dir / name, lambda temporary, figure=figure: figure.savefig(temporary, format="png"))
         written[structure] = name
     return written
 
@@ -636,8 +640,8 @@ def evaluate_models(
         "post_filter": post_filter,
         "stride": stride,
     }
-    (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, sort_keys=True) + "\n")
-    (out_dir / "comparison.md").write_text(comparison_markdown(comparison))
+    write_text(out_dir / "comparison.json", json.dumps(comparison, indent=2, sort_keys=True) + "\n")
+    write_text(out_dir / "comparison.md", comparison_markdown(comparison))
     return comparison
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ppr.image.imageio import write_image, write_text
 from ppr.statistics.calibration import Calibration
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -122,7 +123,7 @@ def write_mood_outputs(
     scores = normalisation(sitk.GetArrayViewFromImage(error_map_input_space)).astype(np.float32)
     pixel_image = sitk.GetImageFromArray(scores)
     pixel_image.CopyInformation(error_map_input_space)  # same shape, origin, spacing, direction
-    sitk.WriteImage(pixel_image, str(out_dir / pixel_name), useCompression=True)
+    write_image(pixel_image, out_dir / pixel_name)  # whole or not at all, as every result
     sample_value = float(normalisation(np.array([sample_score]))[0])
-    (out_dir / sample_name).write_text(f"{sample_value:.9g}\n")
+    write_text(out_dir / sample_name, f"{sample_value:.9g}\n")
     return MoodOutputs(out_dir / pixel_name, out_dir / sample_name)
