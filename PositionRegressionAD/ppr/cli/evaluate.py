@@ -13,6 +13,10 @@ writes each model's results in ``eval/<bundle name>/<score map>/`` (the raw erro
 comparison in ``eval/comparison.json`` (key ``methods``: one row per model and score map) and
 ``eval/comparison.md`` (the same as a table). With one ``--model`` the output is as it always was.
 
+A case that cannot be scored (unreadable, refused by registration) does not stop the evaluation: its
+row in ``cases.csv`` says "failed" and why, the summary counts and names it (``n_failed``,
+``failed_cases``), and the figures are over the other cases.
+
 CASES.csv: ``image`` (path relative to the CSV), ``anomalous`` (0/1), optional ``mask`` (voxel
 labels on the image's grid), ``left``, ``right``, ``skull`` (0/1 per structure) and ``case``.
 The work is done by ``ppr.workflows.evaluation``; this module only parses and prints.
@@ -76,6 +80,10 @@ def _interval(bounds: list[float | None]) -> str:
 def print_summary(summary: dict) -> None:
     print(f"{summary['n_cases']} cases ({summary['n_anomalous']} anomalous); score: "
           f"{summary['score']['map']}, {summary['score']['aggregate']}")
+    if summary.get("n_failed"):
+        print(f"  {summary['n_failed']} case(s) failed and count in no figure below (reasons in cases.csv):")
+        for name, reason in summary["failed_cases"].items():
+            print(f"    {name}: {reason}")
     for structure in STRUCTURES:
         print(f"  {structure:6s} AUROC {_format(summary['auroc'][structure])}{_interval(summary['auroc_ci95'][structure])}"
               f"  AP {_format(summary['average_precision'][structure])}"

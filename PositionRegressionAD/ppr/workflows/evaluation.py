@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from ppr.errors import InputImageError, PPRError
+from ppr.errors import InputImageError, OutputFileError, PPRError
 from ppr.image.geometry import to_input_space
 from ppr.image.imageio import file_digest, image_case_name, read_image, write_atomically, write_image, write_text
 from ppr.statistics.calibration import Aggregation, Calibration, z_map
@@ -266,6 +266,22 @@ class CaseResult:
     # Fraction of brain and skull (inside this scan's head) at or above the calibration's overlay
     # threshold; None unless the z-map is scored. On healthy scans the calibration promises ~1 %.
     flagged_fraction: float | None = None
+    # Why the scan could not be scored (unreadable, refused by registration, ...); None when scored.
+    # A failed case has NaN scores and counts in no figure; the summary lists it.
+    failure: str | None = None
+
+    @property
+    def scored(self) -> bool:
+        return self.failure is None
+
+
+def failed_case(case: Case, reason: str, seconds: float) -> CaseResult:
+    return CaseResult(case=case, scores={region: math.nan for region in REGIONS}, max_error_mm=math.nan,
+                      score_range=(math.nan, math.nan), from_cache=False, seconds=seconds, failure=reason)
+
+
+def _scored(results: Sequence[CaseResult]) -> list[CaseResult]:
+    return [r for r in results if r.scored]
 
 
 def score_map(maps: CaseMaps, kind: str, calibration: Calibration | None) -> np.ndarray:
@@ -300,7 +316,10 @@ def score_cases(
     calibration: Calibration | None = None,
     progress: ProgressFn | None = None,
 ) -> list[CaseResult]:
-    """Detect (or load from the cache) every case and aggregate its map in each region."""
+    """Detect (or load from the cache) every case and aggregate its map in each region.
+
+    A case that cannot be read or detected gets a failed ``CaseResult`` (``failure``: the reason) and
+    the others go on; a result that cannot be written (``OutputFileError``: a full disk) stops the run."""
     missing = set(REGIONS) - set(region_masks)
     if missing:
         raise ValueError(f"region masks lack {sorted(missing)}")
@@ -309,7 +328,17 @@ def score_cases(
         if progress:
             progress(index / len(cases), f"case {case.name}")
         started = time.perf_counter()
-        maps, cached = _detect_or_load(case, detector, cache)
+        try:
+            maps, cached = _detect_or_load(case, detector, cache)
+        except OutputFileError:
+            raise
+        except PPRError as error:
+            results.append(failed_case(case, str(error), time.perf_counter() - started))
+            continue
+        except Exception as error:  # one scan's unexpected failure must not end the evaluation; say what it was
+            results.append(failed_case(case, f"this scan could not be processed ({error!r})",
+                                       time.perf_counter() - started))
+            continue
         values = score_map(maps, config.score_map, calibration)
         error = sitk.GetArrayViewFromImage(maps.error_map_mm)
         head = sitk.GetArrayViewFromImage(maps.head_mask) > 0
@@ -337,7 +366,8 @@ def _metric_summary(results: Sequence[CaseResult], config: EvaluationConfig) -> 
     summary: dict[str, Any] = {key: {} for key in (
         "auroc", "auroc_ci95", "average_precision", "average_precision_ci95", "n_positive", "n_negative")}
     for structure, region in STRUCTURES.items():
-        labelled = [r for r in results if r.case.labels[structure] is not None and math.isfinite(r.scores[region])]
+        labelled = [r for r in _scored(results)
+                    if r.case.labels[structure] is not None and math.isfinite(r.scores[region])]
         labels = np.array([r.case.labels[structure] for r in labelled], dtype=int)
         scores = np.array([r.scores[region] for r in labelled], dtype=float)
         auroc = bootstrap_ci(labels, scores, roc_auc, config.n_bootstrap, config.seed)
@@ -353,7 +383,7 @@ def _metric_summary(results: Sequence[CaseResult], config: EvaluationConfig) -> 
 
 def _healthy_flagged(results: Sequence[CaseResult]) -> dict[str, Any] | None:
     """Per healthy case and on average, the fraction of brain and skull over the overlay threshold."""
-    healthy = {r.case.name: r.flagged_fraction for r in results
+    healthy = {r.case.name: r.flagged_fraction for r in _scored(results)
                if r.case.anomalous == 0 and r.flagged_fraction is not None}
     if not healthy:
         return None
@@ -361,6 +391,8 @@ def _healthy_flagged(results: Sequence[CaseResult]) -> dict[str, Any] | None:
 
 
 def _voxel_case(result: CaseResult, voxel_cases: str) -> bool:
+    if not result.scored:
+        return False
     return result.case.mask_path is not None or (voxel_cases == "all" and result.case.anomalous == 0)
 
 
@@ -392,7 +424,7 @@ def input_space_pass(
     are also written in the MOOD challenge format (``ppr.workflows.mood``).
     """
     voxel = [_voxel_case(r, config.voxel_cases) for r in results]
-    chosen = [r for r, use in zip(results, voxel) if use or mood_dir is not None]
+    chosen = [r for r, use in zip(results, voxel) if r.scored and (use or mood_dir is not None)]
     if not chosen:
         return None
     low = min(r.score_range[0] for r in chosen)
@@ -400,7 +432,7 @@ def input_space_pass(
     histogram = ScoreHistogram(low, high, config.bins) if any(voxel) else None
     normalisation = mood_normalisation(config.score_map, calibration)
     for result, use in zip(results, voxel):
-        if not use and mood_dir is None:
+        if not result.scored or (not use and mood_dir is None):
             continue
         maps, _ = _detect_or_load(result.case, detector, cache)
         model_map = sitk.GetImageFromArray(score_map(maps, config.score_map, calibration))
@@ -439,6 +471,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score every case, compute patient- and voxel-level metrics, write the outputs, return the summary.
 
+    A case that cannot be scored (unreadable, refused by registration, ...) gets its reason in
+    ``cases.csv`` (status "failed") and in the summary (``n_failed``, ``failed_cases``: name -> reason);
+    the figures are over the others (``n_cases`` of them); when none is left, a ``PPRError``.
+
     Writes under out_dir: ``cases.csv`` (per-case scores), ``summary.json``, ``roc_<structure>.png``
     and ``cache/`` (model-space maps, reused by the next run with the same model and options; or
     ``cache_dir``, e.g. one cache shared by two score maps of one model);
@@ -449,9 +485,17 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = MapCache(Path(cache_dir) if cache_dir is not None else out_dir / "cache")
     results = score_cases(cases, detector, region_masks, cache, config, calibration, _scaled(progress, 0.0, 0.8))
+    failed = [r for r in results if not r.scored]
+    if len(failed) == len(results):
+        write_case_scores(results, out_dir / "cases.csv", "intensity" if config.score_map == "intensity" else "mm")
+        raise PPRError(f"No case could be scored (reasons in {out_dir / 'cases.csv'}); the first: "
+                       f"{failed[0].case.name}: {failed[0].failure}")
     summary: dict[str, Any] = {
-        "n_cases": len(results),
-        "n_anomalous": int(sum(r.case.anomalous for r in results)),
+        # Every figure is over the scored cases; failed cases are counted and named, never left out silently.
+        "n_cases": len(results) - len(failed),
+        "n_failed": len(failed),
+        "failed_cases": {r.case.name: r.failure for r in failed},
+        "n_anomalous": int(sum(r.case.anomalous for r in _scored(results))),
         "score": {"map": config.score_map, "aggregate": config.aggregation.describe()},
         "bootstrap": {"n_resamples": config.n_bootstrap, "seed": config.seed, "stratified": True, "interval": 0.95},
     }
@@ -505,7 +549,7 @@ def _voxel_summary(
 
 CSV_COLUMNS = (
     "case", "image", "anomalous", "left", "right", "skull", "mask",
-    *(f"score_{region}" for region in REGIONS), "max_error_mm", "from_cache", "seconds",
+    *(f"score_{region}" for region in REGIONS), "max_error_mm", "from_cache", "seconds", "status", "reason",
 )
 
 
@@ -528,10 +572,12 @@ def write_case_scores(results: Sequence[CaseResult], path: Path, error_unit: str
                 "anomalous": r.case.anomalous,
                 **{column: "" if labels[column] is None else labels[column] for column in ("left", "right", "skull")},
                 "mask": "" if r.case.mask_path is None else str(r.case.mask_path),
-                **{f"score_{region}": f"{r.scores[region]:.6g}" for region in REGIONS},
-                columns[-3]: f"{r.max_error_mm:.6g}",
+                **{f"score_{region}": "" if not r.scored else f"{r.scores[region]:.6g}" for region in REGIONS},
+                columns[-5]: "" if not r.scored else f"{r.max_error_mm:.6g}",
                 "from_cache": int(r.from_cache),
                 "seconds": f"{r.seconds:.3f}",
+                "status": "ok" if r.scored else "failed",
+                "reason": r.failure or "",
             })
         text = handle.getvalue()
     write_text(path, text)
@@ -549,7 +595,7 @@ def write_roc_curves(
 
     written = {}
     for structure, region in STRUCTURES.items():
-        labelled = [r for r in results if r.case.labels[structure] is not None and math.isfinite(r.scores[region])]
+        labelled = [r for r in _scored(results) if r.case.labels[structure] is not None and math.isfinite(r.scores[region])]
         labels = np.array([r.case.labels[structure] for r in labelled], dtype=int)
         if labels.size == 0 or labels.min() == labels.max():
             continue
@@ -668,6 +714,8 @@ def comparison_row(model: ModelUnderTest, kind: str, summary: Mapping[str, Any],
         "best_dice": summary["best_dice"],
         "n_cases": summary["n_cases"],
         "n_anomalous": summary["n_anomalous"],
+        "n_failed": summary["n_failed"],
+        "failed_cases": summary["failed_cases"],
         "folder": str(folder),
     }
 
@@ -690,6 +738,10 @@ def comparison_markdown(comparison: Mapping[str, Any]) -> str:
         "| model | method | score map | patient AUROC (any) [95 % CI] | AP (any) [95 % CI] | voxel AP | best Dice |",
         "|---|---|---|---|---|---|---|",
     ]
+    failed = [f"{row['model']} ({row['score_map']}): {', '.join(row['failed_cases'])}"
+              for row in comparison["methods"] if row.get("n_failed")]
+    if failed:
+        lines[1:1] = ["", "Failed cases, left out of that row's figures: " + "; ".join(failed) + "."]
     for row in comparison["methods"]:
         lines.append(
             f"| {row['model']} | {METHOD_LABELS.get(row['method'], row['method'])} | {row['score_map_label']} | "
