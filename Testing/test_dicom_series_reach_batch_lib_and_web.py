@@ -64,6 +64,7 @@ def test_a_batch_over_both_real_series_scores_them(scans_folder, tmp_path):
     assert code == 0
     with open(out / "scores.csv", newline="") as handle:
         rows = {row["Scan"]: row for row in csv.DictReader(handle)}
+    assert rows.pop("notes.txt")["Status"] == "skipped"  # the folder's other file: a row that says so
     assert set(rows) == {"ge-tilt", "invesalius-0051"}
     for name, row in rows.items():
         assert row["Status"] == "ok", row

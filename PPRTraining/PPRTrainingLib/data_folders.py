@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ppr.errors import PPRError
-from ppr.image.imageio import VOLUME_SUFFIXES, is_scan
-DEFAULT_EXCLUDES: tuple[str, ...] = ("*mask*", "*label*", "*seg*")
+from ppr.image.imageio import LABEL_MAP_PATTERNS, VOLUME_SUFFIXES, is_scan
+
+DEFAULT_EXCLUDES: tuple[str, ...] = LABEL_MAP_PATTERNS
 
 
 def images_in_folders(folders: Sequence[Path], exclude: Sequence[str] = DEFAULT_EXCLUDES) -> list[Path]:

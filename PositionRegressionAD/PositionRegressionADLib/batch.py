@@ -14,7 +14,10 @@ the scan's total seconds, status; a scan whose scores are not reliable also gets
 progress output). With ``--format mood`` also ``OUTPUT/mood/``: the MOOD challenge's
 files per scan (``ppr.workflows.mood``: voxel scores in [0, 1] on the input's grid and a ``.txt`` sample
 score), from the z-map of a calibrated model, else from the error map. A scan that fails gets its
-reason in its row and the batch goes on. Each scan gets a fresh scene, so memory does not grow with
+reason in its row and the batch goes on; what an earlier run wrote for that scan is removed (the row
+says so), so no stale map sits beside a "failed" row. Files in an input folder that are no scan, and
+label maps named ``*mask*``, ``*label*`` or ``*seg*`` (skipped as training skips them), get a
+"skipped" row that says why. Each scan gets a fresh scene, so memory does not grow with
 the batch.
 
 Exit code: 0 all scans done, 1 some failed (see scores.csv) or scores.csv could not be written (a full
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import io
 import math
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -51,7 +56,9 @@ from PositionRegressionADLib.report import REGION_LABELS, WARNING_COLUMN, error_
 from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
 from PositionRegressionADLib.scene_io import SceneContext, load_volume, save_node, save_scene_mrb
 from ppr.errors import InputImageError, OutputFileError, PPRError
-from ppr.image.imageio import VOLUME_SUFFIXES, read_image, scans_in, write_text
+from ppr.image.imageio import (
+    LABEL_MAP_PATTERNS, VOLUME_SUFFIXES, holds_dicom_series, is_scan, read_image, write_text,
+)
 
 SCORES_FILE_NAME = "scores.csv"
 MOOD_FOLDER_NAME = "mood"
@@ -91,18 +98,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def find_scans(inputs: list[Path]) -> list[Path]:
+NOT_A_SCAN = (f"not a scan: neither a {', '.join(VOLUME_SUFFIXES)} file nor a folder holding a DICOM series")
+LABEL_MAP = (f"a label map by its name ({', '.join(LABEL_MAP_PATTERNS)}), skipped as training skips it; "
+             "name it in --input to detect in it")
+
+
+def find_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The scans the inputs name, in order: files, DICOM series folders, and the image files and
-    DICOM series sub-folders of other folders (not deeper; ``ppr.image.imageio.scans_in``)."""
+    DICOM series sub-folders of other folders (not deeper; ``ppr.image.imageio.is_scan``); and what
+    those folders hold that is skipped, with why: anything that is no scan, and label maps by their
+    names (``LABEL_MAP_PATTERNS``: ``*_mask*`` beside its scan). Hidden files are left alone."""
     scans: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for item in inputs:
         if not item.exists():
             raise InputImageError(f"{item} does not exist: check the --input paths.")
-        scans += [item] if item.is_file() else scans_in(item)
+        if item.is_file() or holds_dicom_series(item):
+            scans.append(item)  # named by the user: detected whatever its name
+            continue
+        for path in sorted(item.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if not is_scan(path):
+                skipped.append((path, NOT_A_SCAN))
+            elif any(fnmatch.fnmatch(path.name.lower(), pattern) for pattern in LABEL_MAP_PATTERNS):
+                skipped.append((path, LABEL_MAP))
+            else:
+                scans.append(path)
     if not scans:
         raise InputImageError(f"No scan found in --input (looked for {', '.join(VOLUME_SUFFIXES)} files "
-                              "and folders holding a DICOM series).")
-    return scans
+                              f"and folders holding a DICOM series; {len(skipped)} other file(s) skipped).")
+    return scans, skipped
+
+
+def find_scans(inputs: list[Path]) -> list[Path]:
+    """The scans of ``find_inputs``."""
+    return find_inputs(inputs)[0]
+
+
+def skipped_row(path: Path, reason: str) -> dict[str, object]:
+    """The scores.csv row of a file the batch skipped."""
+    return {"Scan": path.name, "Status": "skipped", "Reason": reason, "Input": str(path.resolve())}
 
 
 def scan_name(path: Path) -> str:
@@ -279,11 +315,18 @@ def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
     write_text(path, text)
 
 
-def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO = sys.stderr) -> list[dict[str, object]]:
-    """Process every scan; a failing scan gets a "failed" row with its reason and the batch goes on."""
+def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO | None = None,
+              skipped: list[tuple[Path, str]] = ()) -> list[dict[str, object]]:
+    """Process every scan; a failing scan gets a "failed" row with its reason and the batch goes on,
+    and the results an earlier run left for it are removed (``remove_results``), so no map beside a
+    "failed" row looks current. ``skipped``: (path, why) of files the inputs held that are no scans;
+    each gets a "skipped" row first."""
+    stream = sys.stderr if stream is None else stream  # at call time: tests and callers swap sys.stderr
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     bar = TerminalProgress(stream, len(scans))
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, object]] = [skipped_row(path, reason) for path, reason in skipped]
+    for path, reason in skipped:
+        stream.write(f"skipped {path.name}: {reason}\n")
     names = output_names(scans)  # unique per scan: two "head.nii.gz" never share a result folder
     for index, (path, name) in enumerate(zip(scans, names), start=1):
         started = time.monotonic()
@@ -294,6 +337,8 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO = sys.s
             row = {"Scan": name, "Status": "failed", "Reason": str(error)}
         except Exception as error:  # an unexpected failure of one scan must not stop the others
             row = {"Scan": name, "Status": "failed", "Reason": f"internal error: {error!r}"}
+        if row["Status"] == "failed" and remove_results(settings, path, name):
+            row["Reason"] = f"{row['Reason']} (the results of an earlier run of this scan were removed)"
         row["Input"] = str(path.resolve())
         # "Seconds" is the detector's own time; this is the scan's whole time (export, results, files).
         row["Total seconds"] = round(time.monotonic() - started, 3)
@@ -304,11 +349,34 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO = sys.s
     return rows
 
 
+def remove_results(settings: BatchSettings, scan: Path, name: str) -> bool:
+    """Remove what this scan has in ``--output`` (its folder ``OUTPUT/<name>/`` and its MOOD files), from
+    an earlier run or cut short by this one; True when there was something."""
+    removed = False
+    folder = settings.output_dir / name
+    if folder.is_dir() and folder.parent == settings.output_dir:
+        shutil.rmtree(folder)
+        removed = True
+    if settings.output_format == "mood":
+        from ppr.workflows.mood import mood_file_names
+
+        try:
+            names = mood_file_names(mood_case_name(scan))
+        except ValueError:  # no MOOD name, so no MOOD file was written for it
+            names = ()
+        for file_name in names:
+            path = settings.output_dir / MOOD_FOLDER_NAME / file_name
+            if path.is_file():
+                path.unlink()
+                removed = True
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model = check_model_path(args.model or default_model_path())
-        scans = find_scans(args.input)
+        scans, skipped = find_inputs(args.input)
         options = DetectionOptions(model_path=model.resolve(), device=args.device, stride=args.stride,
                                    use_calibration=not args.no_calibration,
                                    display=ResultDisplayOptions(overlay_threshold_mm=args.threshold_mm,
@@ -320,13 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = BatchSettings(output_dir=args.output.resolve(), options=options, screenshots=args.screenshots,
                              scene=args.scene, output_format=args.format)
     try:
-        rows = run_batch(scans, settings)
+        rows = run_batch(scans, settings, skipped=skipped)
     except OutputFileError as error:  # scores.csv could not be written (a full disk): the batch stops
         print(f"error: {error}", file=sys.stderr)
         return 1
-    failed = sum(row["Status"] != "ok" for row in rows)
-    print(f"{len(rows) - failed} of {len(rows)} scans done; scores in {settings.output_dir / SCORES_FILE_NAME}",
-          file=sys.stderr)
+    failed = sum(row["Status"] == "failed" for row in rows)
+    shown = f"; {len(skipped)} file(s) skipped (see their rows)" if skipped else ""
+    print(f"{len(scans) - failed} of {len(scans)} scans done{shown}; scores in "
+          f"{settings.output_dir / SCORES_FILE_NAME}", file=sys.stderr)
     return 1 if failed else 0
 
 

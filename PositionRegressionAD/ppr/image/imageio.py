@@ -43,6 +43,9 @@ _CHUNK_BYTES = 1 << 20  # a multiple of every voxel size
 
 # Image files a scan may come as; a folder holding a DICOM series is a scan too.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Names of label maps that sit beside scans in a folder (masks, labels, segmentations): the folder
+# scans of training and batch skip them (glob patterns on the lower-case file name).
+LABEL_MAP_PATTERNS: tuple[str, ...] = ("*mask*", "*label*", "*seg*")
 
 
 def holds_dicom_series(folder: PathLike) -> bool:
