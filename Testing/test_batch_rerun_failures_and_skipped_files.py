@@ -30,7 +30,7 @@ def _folder(tmp_path: Path) -> Path:
     return scans
 
 
-def test_a_rerun_that_fails_removes_the_earlier_results_and_skipped_files_get_rows(tmp_path, capsys):
+def test_a_rerun_that_fails_removes_the_earlier_results_and_skipped_files_get_rows(tmp_path, capsys, tiny_bundle):
     scans = _folder(tmp_path)
     output = tmp_path / "out"
     # What an earlier run left: head_a's maps and MOOD files, and another scan's results.
@@ -40,9 +40,8 @@ def test_a_rerun_that_fails_removes_the_earlier_results_and_skipped_files_get_ro
     (output / "mood").mkdir()
     for name in ("head_a.nii.gz", "head_a.nii.gz.txt", "head_b.nii.gz"):
         (output / "mood" / name).write_bytes(b"earlier run")
-    (tmp_path / "model").mkdir()
 
-    code = batch.main(["--input", str(scans), "--output", str(output), "--model", str(tmp_path / "model"),
+    code = batch.main(["--input", str(scans), "--output", str(output), "--model", str(tiny_bundle),
                        "--format", "mood"])
     err = capsys.readouterr().err
 

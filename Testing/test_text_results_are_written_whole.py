@@ -99,35 +99,34 @@ def _broken_scan(tmp_path: Path) -> Path:
     scan = tmp_path / "scans" / "head.nii.gz"
     scan.parent.mkdir()
     scan.write_bytes(b"not a NIfTI file" * 10)  # fails at once: a "failed" row, no detection needed
-    (tmp_path / "model").mkdir()
     return scan
 
 
-def _batch(tmp_path: Path, scan: Path, output: Path, capsys) -> tuple[int, str]:
-    code = batch.main(["--input", str(scan), "--output", str(output), "--model", str(tmp_path / "model")])
+def _batch(model: Path, scan: Path, output: Path, capsys) -> tuple[int, str]:
+    code = batch.main(["--input", str(scan), "--output", str(output), "--model", str(model)])
     return code, capsys.readouterr().err
 
 
-def test_batch_scores_on_a_full_disk_say_no_space_left_and_exit_non_zero(small_disk, tmp_path, capsys):
+def test_batch_scores_on_a_full_disk_say_no_space_left_and_exit_non_zero(small_disk, tmp_path, capsys, tiny_bundle):
     scan = _broken_scan(tmp_path)
     output = small_disk / "out"
     output.mkdir()
     _fill(small_disk)
-    code, err = _batch(tmp_path, scan, output, capsys)
+    code, err = _batch(tiny_bundle, scan, output, capsys)
     assert code != 0
     assert "error: " in err and "scores.csv was not written: no space left on device" in err, err
     assert "Traceback" not in err
     assert list(output.iterdir()) == []  # no scores.csv, whole or partial
 
 
-def test_batch_scores_cut_short_never_take_the_name(tmp_path, capsys, monkeypatch):
+def test_batch_scores_cut_short_never_take_the_name(tmp_path, capsys, monkeypatch, tiny_bundle):
     scan = _broken_scan(tmp_path)
     output = tmp_path / "out"
-    code, _ = _batch(tmp_path, scan, output, capsys)
+    code, _ = _batch(tiny_bundle, scan, output, capsys)
     assert code == 1
     before = (output / "scores.csv").read_bytes()
     _half_then_full(monkeypatch)
-    code, err = _batch(tmp_path, scan, output, capsys)
+    code, err = _batch(tiny_bundle, scan, output, capsys)
     assert code == 1 and "no space left on device" in err and "Traceback" not in err, err
     assert (output / "scores.csv").read_bytes() == before
     assert sorted(p.name for p in output.iterdir()) == ["scores.csv"]

@@ -20,6 +20,8 @@ label maps named ``*mask*``, ``*label*`` or ``*seg*`` (skipped as training skips
 "skipped" row that says why. Each scan gets a fresh scene, so memory does not grow with
 the batch.
 
+The model bundle is loaded once before the first scan: a damaged one stops the batch with its message.
+
 Exit code: 0 all scans done, 1 some failed (see scores.csv) or scores.csv could not be written (a full
 disk: the batch stops, message on stderr), 2 nothing could start (message on stderr).
 """
@@ -33,6 +35,7 @@ import io
 import math
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,13 +52,15 @@ from PositionRegressionADLib.detection_logic import (
     DetectionLogic,
     DetectionOptions,
     check_model_path,
+    child_environment,
     default_model_path,
+    default_python_command,
 )
-from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress
+from PositionRegressionADLib.process import ChildProcess, ProcessLauncher, Progress, popen_options
 from PositionRegressionADLib.report import REGION_LABELS, WARNING_COLUMN, error_unit_of, table_row
 from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptions
 from PositionRegressionADLib.scene_io import SceneContext, load_volume, save_node, save_scene_mrb
-from ppr.errors import InputImageError, OutputFileError, PPRError
+from ppr.errors import BundleError, InputImageError, OutputFileError, PPRError
 from ppr.image.imageio import (
     LABEL_MAP_PATTERNS, VOLUME_SUFFIXES, holds_dicom_series, is_scan, read_image, write_text,
 )
@@ -349,6 +354,34 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO | None 
     return rows
 
 
+# Run in the detector's Python (torch, the bundle's checks): load the bundle once, say why it cannot be.
+_CHECK_MODEL = """import sys
+from ppr.errors import PPRError
+from ppr.workflows.bundle import load_bundle
+try:
+    load_bundle(sys.argv[1])
+except PPRError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def check_model(model: Path, python_command: list[str] | None = None, timeout_s: float = 600.0) -> None:
+    """Load the model bundle once, in the detector's Python (``ppr.workflows.bundle.load_bundle``:
+    checksums, format, weights), before the first scan: a damaged bundle stops the batch with its
+    message instead of failing every scan. Raises ``BundleError``."""
+    python = list(python_command or default_python_command())
+    try:
+        done = subprocess.run([*python, "-c", _CHECK_MODEL, str(model)], capture_output=True, text=True,
+                              env=child_environment(), timeout=timeout_s, **popen_options(False))
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise BundleError(f"The model bundle {model} could not be checked ({error}).") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        message = next((line[len("error: "):] for line in reversed(lines) if line.startswith("error: ")), None)
+        raise BundleError(message or f"The model bundle {model} could not be loaded: {lines[-1] if lines else ''}")
+
+
 def remove_results(settings: BatchSettings, scan: Path, name: str) -> bool:
     """Remove what this scan has in ``--output`` (its folder ``OUTPUT/<name>/`` and its MOOD files), from
     an earlier run or cut short by this one; True when there was something."""
@@ -377,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = check_model_path(args.model or default_model_path())
         scans, skipped = find_inputs(args.input)
+        check_model(model)  # once, before the first scan
         options = DetectionOptions(model_path=model.resolve(), device=args.device, stride=args.stride,
                                    use_calibration=not args.no_calibration,
                                    display=ResultDisplayOptions(overlay_threshold_mm=args.threshold_mm,
