@@ -21,6 +21,7 @@ label maps named ``*mask*``, ``*label*`` or ``*seg*`` (skipped as training skips
 the batch.
 
 The model bundle is loaded once before the first scan: a damaged one stops the batch with its message.
+While a batch runs it holds ``OUTPUT/.ppr-batch.lock``: a second batch into the same folder is refused.
 
 Exit code: 0 all scans done, 1 some failed (see scores.csv) or scores.csv could not be written (a full
 disk: the batch stops, message on stderr), 2 nothing could start (message on stderr).
@@ -33,6 +34,7 @@ import csv
 import fnmatch
 import io
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -66,6 +68,7 @@ from ppr.image.imageio import (
 )
 
 SCORES_FILE_NAME = "scores.csv"
+LOCK_FILE_NAME = ".ppr-batch.lock"
 MOOD_FOLDER_NAME = "mood"
 FORMATS = ("standard", "mood")
 FIRST_COLUMNS = ["Scan", "Status", "Reason"]
@@ -320,6 +323,77 @@ def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
     write_text(path, text)
 
 
+class BatchLockedError(OutputFileError):
+    """Another batch is writing into the same --output folder."""
+
+
+class OutputLock:
+    """Holds ``OUTPUT/.ppr-batch.lock`` while a batch writes into OUTPUT, so a second batch into the
+    same folder is refused (``BatchLockedError``) instead of mixing its rows into scores.csv.
+
+    An operating-system lock on the open file (flock; on Windows msvcrt.locking): it ends with the
+    process, also on kill -9, so no stale lock is left to delete by hand.
+
+        with OutputLock(output_dir):
+            ...  # write results and scores.csv
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE_NAME
+        self.handle = None
+
+    def __enter__(self) -> OutputLock:
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                _lock(handle)
+            except OSError:
+                try:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "a process"
+                except OSError:  # Windows: the locked byte cannot be read either
+                    holder = "a process"
+                handle.close()
+                raise BatchLockedError(
+                    f"Another batch ({holder}) is writing into {self.folder}: wait for it to end, or give "
+                    "another --output.") from None
+            try:  # the file may have been removed by the holder that just ended: lock the current one
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        try:  # who holds it, for the message of a second batch; a full disk must not stop the batch here
+            os.ftruncate(handle.fileno(), 0)
+            os.write(handle.fileno(), f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        except OSError:
+            pass
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.path.unlink()  # while still locked (on Windows an open file stays: harmless)
+        except OSError:
+            pass
+        self.handle.close()  # closing releases the lock
+        self.handle = None
+
+
+def _lock(handle) -> None:
+    if os.name == "nt":
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO | None = None,
               skipped: list[tuple[Path, str]] = ()) -> list[dict[str, object]]:
     """Process every scan; a failing scan gets a "failed" row with its reason and the batch goes on,
@@ -328,6 +402,12 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO | None 
     each gets a "skipped" row first."""
     stream = sys.stderr if stream is None else stream  # at call time: tests and callers swap sys.stderr
     settings.output_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(settings.output_dir):  # a second batch into this folder is refused (BatchLockedError)
+        return _run_batch(scans, settings, stream, skipped)
+
+
+def _run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO,
+               skipped: list[tuple[Path, str]]) -> list[dict[str, object]]:
     bar = TerminalProgress(stream, len(scans))
     rows: list[dict[str, object]] = [skipped_row(path, reason) for path, reason in skipped]
     for path, reason in skipped:
@@ -423,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
                              scene=args.scene, output_format=args.format)
     try:
         rows = run_batch(scans, settings, skipped=skipped)
+    except BatchLockedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except OutputFileError as error:  # scores.csv could not be written (a full disk): the batch stops
         print(f"error: {error}", file=sys.stderr)
         return 1
