@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -203,20 +205,45 @@ def load_bundle(path: Path | str) -> ModelBundle:
         return _load_folder(path, path)
     try:
         with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix="ppr-bundle-") as folder:
-            _extract_flat(archive, Path(folder))
+            _extract_flat(archive, Path(folder), path)
             return _load_folder(Path(folder), path)
-    except zipfile.BadZipFile as error:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
         raise BundleError(f"The model bundle {path} is not a readable zip file ({error}): it may be "
-                          "truncated; download or copy it again.") from None
+                          "truncated or damaged; download or copy it again.") from None
 
 
-def _extract_flat(archive: zipfile.ZipFile, folder: Path) -> None:
-    """Extract the bundle's files; a zip of the bundle folder itself (one level down) works too."""
-    for info in archive.infolist():
-        if info.is_dir():
-            continue
-        name = Path(info.filename).name
-        (folder / name).write_bytes(archive.read(info))
+# The largest file a zipped bundle may hold, and all of them together (the default bundle's largest
+# file is under 2 MB; a 256^3 reference or a wide network stays well below): more is no bundle of ours
+# and is not unpacked (a zip bomb would fill memory or the disk).
+MAX_MEMBER_BYTES = 1 << 30
+MAX_BUNDLE_BYTES = 2 << 30
+
+
+def _extract_flat(archive: zipfile.ZipFile, folder: Path, shown: Path) -> None:
+    """Extract the bundle's files; a zip of the bundle folder itself (one level down) works too.
+    Refuses (``BundleError``) a member with no plain file name (``sub/..``), a name given twice, and
+    members larger than ``MAX_MEMBER_BYTES`` (or together than ``MAX_BUNDLE_BYTES``), before unpacking."""
+    members = [info for info in archive.infolist() if not info.is_dir()]
+    names = [info.filename.replace("\\", "/").rsplit("/", 1)[-1] for info in members]  # as written, not normalised
+    for info, name in zip(members, names):
+        if name in ("", ".", "..") or name != name.strip() or any(ord(c) < 32 for c in name):
+            raise BundleError(f"The model bundle {shown} holds a member named {info.filename!r}, which is no "
+                              "plain file name: it was not written by ppr; download or copy the bundle again.")
+        if names.count(name) > 1:
+            raise BundleError(f"The model bundle {shown} holds {name} twice: it was not written by ppr; "
+                              "download or copy the bundle again.")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise BundleError(f"The model bundle {shown} holds {name} of {info.file_size / 2**30:.1f} GiB, more "
+                              f"than a bundle file may be ({MAX_MEMBER_BYTES / 2**30:.0f} GiB): it is not a "
+                              "model bundle; it was not unpacked.")
+    total = sum(info.file_size for info in members)
+    if total > MAX_BUNDLE_BYTES:
+        raise BundleError(f"The model bundle {shown} unpacks to {total / 2**30:.1f} GiB, more than a bundle may "
+                          f"be ({MAX_BUNDLE_BYTES / 2**30:.0f} GiB): it is not a model bundle; it was not unpacked.")
+    for info, name in zip(members, names):
+        # streamed: zipfile stops at the declared size and checks the CRC at the end
+        with archive.open(info) as reading, open(folder / name, "wb") as writing:
+            shutil.copyfileobj(reading, writing, 1 << 20)
 
 
 def _load_folder(folder: Path, shown: Path) -> ModelBundle:
@@ -230,6 +257,15 @@ def _load_folder(folder: Path, shown: Path) -> ModelBundle:
                           "written by a compatible version; train or download it again.") from None
     try:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Not PyTorch's advice to load with weights_only=False: that would run code from the file.
+        raise BundleError(f"The weights file of the model bundle {shown} holds more than plain tensors "
+                          "(Python objects that would run code when loaded), so it is refused: use a bundle "
+                          "written by `python -m ppr train` from a source you trust.") from None
+    except Exception as error:
+        raise BundleError(f"The weights of the model bundle {shown} cannot be read "
+                          f"({str(error).splitlines()[0]}): train or download the bundle again.") from None
+    try:
         network.load_state_dict(state)
     except Exception as error:  # unpickling and shape errors mean the same to the user
         raise BundleError(f"The weights of the model bundle {shown} do not fit the network its config.json "
