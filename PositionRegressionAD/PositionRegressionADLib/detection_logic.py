@@ -49,6 +49,7 @@ from PositionRegressionADLib.results import (
     build_results,
     find_results,
 )
+from ppr.cli.orphan import CLEANUP_VARIABLE, PARENT_VARIABLE
 from ppr.errors import BundleError, InputImageError, PPRError
 from ppr.image.imageio import read_image
 from ppr.image.validation import check_volume
@@ -122,9 +123,15 @@ def default_python_command() -> list[str]:
     return [sys.executable]
 
 
-def child_environment() -> dict[str, str]:
-    """The caller's environment with this module's folder first on PYTHONPATH (for ``import ppr``)."""
+def child_environment(cleanup: Path | None = None) -> dict[str, str]:
+    """The caller's environment with this module's folder first on PYTHONPATH (for ``import ppr``),
+    and this process named as the child's parent: the child ends when this process dies, removing
+    ``cleanup`` (the run's temporary folder) first (``ppr.cli.orphan``)."""
     env = dict(os.environ)
+    env[PARENT_VARIABLE] = str(os.getpid())
+    env.pop(CLEANUP_VARIABLE, None)
+    if cleanup is not None:
+        env[CLEANUP_VARIABLE] = str(cleanup)
     paths = [str(MODULE_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
@@ -182,7 +189,7 @@ class DetectionLogic:
         try:
             input_path = _export_volume(input_volume, work_dir / INPUT_FILE_NAME)
             command = self.detect_command(input_path, work_dir / ERROR_MAP_FILE_NAME, options)
-            process = self.launcher(command, child_environment())
+            process = self.launcher(command, child_environment(cleanup=work_dir))
         except BaseException:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise

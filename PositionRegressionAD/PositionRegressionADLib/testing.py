@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from PositionRegressionADLib.process import ProcessOutcome, Progress, parse_progress_line
+from ppr.cli.orphan import watch_parent
 
 FAKE_MODE_VARIABLE = "PPR_FAKE_DETECT"
 FAKE_PID_FILE_VARIABLE = "PPR_FAKE_PID_FILE"
@@ -241,6 +242,7 @@ def fake_detect_main(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     import SimpleITK as sitk
 
     env = os.environ if env is None else env
+    watch_parent(env)  # as ppr's entry point does
     mode = env.get(FAKE_MODE_VARIABLE, "ok")
     args = _parse_detect_arguments(argv)
     started = time.monotonic()

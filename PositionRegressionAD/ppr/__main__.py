@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import sys
 
+from ppr.cli.orphan import watch_parent
 from ppr.errors import PPRError
 
 COMMANDS: dict[str, str] = {
@@ -50,6 +51,7 @@ def available_commands() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    watch_parent()  # a child of the Lib ends with its parent (ppr.cli.orphan)
     available = available_commands()
     chosen = argv[0] if argv and argv[0] in available else None
     args = build_parser(available, chosen).parse_args(argv)
