@@ -22,6 +22,9 @@ the batch.
 
 The model bundle is loaded once before the first scan: a damaged one stops the batch with its message.
 While a batch runs it holds ``OUTPUT/.ppr-batch.lock``: a second batch into the same folder is refused.
+A re-run into the same OUTPUT keeps each scan whose earlier row is "ok" for the same scan bytes
+("Input digest") and settings ("Run settings": model, stride, calibration, thresholds, files asked
+for) and whose files are there and whole (its Reason says so); every other scan is computed again.
 
 Exit code: 0 all scans done, 1 some failed (see scores.csv) or scores.csv could not be written (a full
 disk: the batch stops, message on stderr), 2 nothing could start (message on stderr).
@@ -32,7 +35,9 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -64,7 +69,7 @@ from PositionRegressionADLib.results import DetectionResults, ResultDisplayOptio
 from PositionRegressionADLib.scene_io import SceneContext, load_volume, save_node, save_scene_mrb
 from ppr.errors import BundleError, InputImageError, OutputFileError, PPRError
 from ppr.image.imageio import (
-    LABEL_MAP_PATTERNS, VOLUME_SUFFIXES, holds_dicom_series, is_scan, read_image, write_text,
+    LABEL_MAP_PATTERNS, VOLUME_SUFFIXES, file_digest, holds_dicom_series, is_scan, read_image, write_text,
 )
 
 SCORES_FILE_NAME = "scores.csv"
@@ -72,7 +77,8 @@ LOCK_FILE_NAME = ".ppr-batch.lock"
 MOOD_FOLDER_NAME = "mood"
 FORMATS = ("standard", "mood")
 FIRST_COLUMNS = ["Scan", "Status", "Reason"]
-LAST_COLUMNS = ["Total seconds", "Error map", "z-map", "Skull surface", "Input"]
+LAST_COLUMNS = ["Total seconds", "Error map", "z-map", "Skull surface", "Input", "Input digest", "Run settings"]
+KEPT = "kept from an earlier run of the same scan with the same settings (its files checked)"
 # The sample-level MOOD score: the whole head's region score, in the unit of the pixel scores.
 MOOD_SAMPLE_REGION = "head"
 
@@ -406,8 +412,65 @@ def run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO | None 
         return _run_batch(scans, settings, stream, skipped)
 
 
+def run_settings_key(settings: BatchSettings) -> str:
+    """What makes a scan's results: the model (its path and checksums), stride, calibration, display
+    thresholds and the files asked for; not the device. A row with another key is computed again."""
+    options = settings.options
+    model = Path(options.model_path)
+    listing = model / "checksums.json" if model.is_dir() else model
+    described = {"model": str(model.resolve()), "model_files": file_digest(listing) if listing.is_file() else "",
+                 "stride": options.stride, "use_calibration": options.use_calibration, "display": repr(options.display),
+                 "screenshots": settings.screenshots, "scene": settings.scene, "format": settings.output_format}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def previous_rows(path: Path) -> dict[str, dict[str, str]]:
+    """The rows of an earlier run's scores.csv by their Input (none when it is missing or unreadable)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return {row["Input"]: row for row in csv.DictReader(handle) if row.get("Input")}
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+        return {}
+
+
+def kept_row(previous: dict[str, str] | None, digest: str, key: str, settings: BatchSettings, scan: Path,
+             name: str) -> dict[str, object] | None:
+    """The earlier run's row of this scan when it can stand: "ok", the same scan bytes and settings,
+    and its files where they belong and whole (maps read back in full); else None (detect again)."""
+    if (previous is None or previous.get("Status") != "ok" or previous.get("Input digest") != digest
+            or previous.get("Run settings") != key):
+        return None
+    folder = settings.output_dir / name
+    files = [folder / "error_map.nii.gz", folder / "skull_surface.vtk"]
+    if Path(previous.get("Error map", "")) != files[0] or Path(previous.get("Skull surface", "")) != files[1]:
+        return None
+    maps = [files[0]] + ([Path(previous["z-map"])] if previous.get("z-map") else [])
+    if settings.screenshots:
+        files += [folder / f"slices_{view}.png" for view in ("axial", "coronal", "sagittal")]
+        files.append(folder / "skull_surface.png")
+    if settings.scene:
+        files.append(folder / "scene.mrb")
+    if settings.output_format == "mood":
+        from ppr.workflows.mood import mood_file_names
+
+        try:
+            files += [settings.output_dir / MOOD_FOLDER_NAME / n for n in mood_file_names(mood_case_name(scan))]
+        except ValueError:
+            return None
+    if not all(path.is_file() and path.stat().st_size > 0 for path in files + maps):
+        return None
+    try:
+        for path in maps:
+            read_image(path)  # refuses a map cut short
+    except PPRError:
+        return None
+    return {**previous, "Scan": name, "Reason": KEPT}
+
+
 def _run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO,
                skipped: list[tuple[Path, str]]) -> list[dict[str, object]]:
+    earlier = previous_rows(settings.output_dir / SCORES_FILE_NAME)
+    key = run_settings_key(settings)
     bar = TerminalProgress(stream, len(scans))
     rows: list[dict[str, object]] = [skipped_row(path, reason) for path, reason in skipped]
     for path, reason in skipped:
@@ -415,6 +478,13 @@ def _run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO,
     names = output_names(scans)  # unique per scan: two "head.nii.gz" never share a result folder
     for index, (path, name) in enumerate(zip(scans, names), start=1):
         started = time.monotonic()
+        digest = file_digest(path) if path.exists() else ""
+        kept = kept_row(earlier.get(str(path.resolve())), digest, key, settings, path, name) if digest else None
+        if kept is not None:
+            rows.append(kept)
+            write_scores(settings.output_dir / SCORES_FILE_NAME, rows)
+            bar.done(index, name, f"ok ({KEPT})")
+            continue
         try:
             row = process_scan(path, settings, lambda update: bar.update(index, name, update), name)
             row.update({"Scan": name, "Status": "ok", "Reason": ""})
@@ -424,7 +494,7 @@ def _run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO,
             row = {"Scan": name, "Status": "failed", "Reason": f"internal error: {error!r}"}
         if row["Status"] == "failed" and remove_results(settings, path, name):
             row["Reason"] = f"{row['Reason']} (the results of an earlier run of this scan were removed)"
-        row["Input"] = str(path.resolve())
+        row.update({"Input": str(path.resolve()), "Input digest": digest, "Run settings": key})
         # "Seconds" is the detector's own time; this is the scan's whole time (export, results, files).
         row["Total seconds"] = round(time.monotonic() - started, 3)
         rows.append(row)
