@@ -10,8 +10,8 @@ the server (trame-slicer); detection and display go through ``ViewerSession``, i
 
 Nothing the page sends is trusted: file names go through ``paths``, uploads through ``uploads``,
 device and quality must be among those offered, numbers must be finite. Every failure becomes a
-message on the page and the server goes on serving. The page's state is shared by every browser
-tab open on it: one user.
+message on the page and the server goes on serving. One browser tab owns the viewer; any other tab
+is read-only, its requests refused on the server (``connections``).
 
 It does not parse the command line (``__main__``) and does not compute anything itself.
 """
@@ -50,7 +50,7 @@ from PositionRegressionADLib.model_card import model_card_html
 from PositionRegressionADLib.process import Progress
 from PositionRegressionADLib.results import MAP_KINDS
 from PositionRegressionADLib.scene_io import SceneContext
-from PositionRegressionADWeb import paths, uploads
+from PositionRegressionADWeb import connections, paths, uploads
 from PositionRegressionADWeb.session import ViewerSession
 from PositionRegressionADWeb.settings import WebSettings
 from ppr.errors import PPRError
@@ -62,6 +62,7 @@ QUAD_VIEW = "PPR quad view"
 VIEW_ORDER = ("axial", "3d", "sagittal", "coronal")
 QUALITY_STRIDES = {"preview": PREVIEW_STRIDE, "full": FULL_RESOLUTION_STRIDE}
 POLL_SECONDS = 0.25
+UPLOAD_PIECE_BYTES = 4 * 1024 * 1024  # serve/upload.js's pieceBytes
 WEB_MODULE = {
     "serve": {"ppr_web": str(Path(__file__).with_name("serve"))},
     "scripts": ["ppr_web/upload.js"],
@@ -110,6 +111,11 @@ class PositionRegressionWebApp(TrameApp):
         work = Path(self._work.name)
         self.server.enable_module(trame_slicer_module)
         self.server.enable_module(WEB_MODULE)
+        # A fresh connection secret per launch, and websocket messages no larger than an upload piece.
+        self.guard = connections.ConnectionGuard(
+            connections.new_secret(), min(settings.max_upload_bytes, UPLOAD_PIECE_BYTES) + 1_000_000)
+        self.server.cli.set_defaults(authKey=self.guard.secret)
+        self.server.controller.on_server_bind.add(self.guard.install)
 
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, self.server)
@@ -161,6 +167,7 @@ class PositionRegressionWebApp(TrameApp):
         state.download_base = "scan"
         state.upload_limit = uploads.human_size(self.settings.max_upload_bytes)
         state.upload_key = 0
+        state[connections.LOCKED_KEY] = ""  # set for a read-only tab only (``connections``)
         self._refresh_lists()
         state.change("model_choice")(self._on_model_choice)
         state.change("overlay_threshold")(self._on_threshold)
@@ -481,6 +488,8 @@ class PositionRegressionWebApp(TrameApp):
                 html.Div("{{ input_name ? input_name : 'No scan loaded' }}", id="input-name",
                          classes="text-body-2 mr-4")
             with layout.drawer, v3.VContainer(classes="pa-3"):
+                v3.VAlert(id="read-only-message", text=(connections.LOCKED_KEY,), type="warning",
+                          v_show=(connections.LOCKED_KEY,), density="compact", variant="tonal", classes="ppr-card")
                 self._input_panel()
                 self._model_panel()
                 self._detect_panel()

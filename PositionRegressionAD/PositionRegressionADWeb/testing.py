@@ -331,3 +331,76 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="ppr-web-shots-") as scratch:
         for written in readme_screenshots(Path(sys.argv[1]), Path(scratch)):
             print(written)
+
+
+class WslinkClient:
+    """A hand-made websocket client of the viewer, speaking wslink as trame's page does (aiohttp, msgpack).
+
+    Usage (in a coroutine)::
+
+        async with WslinkClient(server.url) as client:
+            await client.hello()  # the secret the page gets from POST /paraview/
+            reply = await client.call("trame.trigger", ["ppr_load_sample", [], {}])
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.messages: list[dict] = []
+        self._next_id = 0
+
+    async def __aenter__(self) -> "WslinkClient":
+        import aiohttp
+        from wslink.chunking import UnChunker
+
+        self.session = aiohttp.ClientSession()
+        async with self.session.post(self.url + "/paraview/", data="{}") as response:
+            self.settings = await response.json(content_type=None) if response.status == 200 else {}
+        self.ws = await self.session.ws_connect(self.url.replace("http", "ws", 1) + "/ws", max_msg_size=0)
+        self._unchunker = UnChunker()
+        self._unchunker.set_max_message_size(1 << 31)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+    async def send(self, message: dict) -> None:
+        import msgpack
+        from wslink.chunking import generate_chunks
+
+        for chunk in generate_chunks(msgpack.packb(message), 4_000_000):
+            await self.ws.send_bytes(chunk)
+
+    async def call(self, method: str, args: list | None = None, rpc_kind: str = "rpc",
+                   timeout_seconds: float = 60.0) -> dict:
+        """Send one request; its reply (``result`` or ``error``). Publications seen meanwhile go to ``messages``."""
+        import asyncio
+
+        self._next_id += 1
+        rpcid = f"{rpc_kind}:c0:{self._next_id}"
+        await self.send({"wslink": "1.0", "id": rpcid, "method": method, "args": args or [], "kwargs": {}})
+        async with asyncio.timeout(timeout_seconds):
+            while True:
+                message = await self.receive()
+                if message.get("id") == rpcid:
+                    return message
+                self.messages.append(message)
+
+    async def receive(self) -> dict:
+        import aiohttp
+
+        while True:
+            frame = await self.ws.receive()
+            if frame.type != aiohttp.WSMsgType.BINARY:
+                raise ConnectionError(f"the server closed the connection ({frame.type.name}, {self.ws.close_code})")
+            message = self._unchunker.process_chunk(frame.data)
+            if message is not None:
+                return message
+
+    async def hello(self, secret: str | None = None) -> dict:
+        return await self.call("wslink.hello", [{"secret": secret or self.settings.get("secret")}], rpc_kind="system")
+
+    def published_state(self, key: str) -> list:
+        """Values of ``key`` in the state the server published to this client so far."""
+        return [message["result"][key] for message in self.messages
+                if isinstance(message.get("result"), dict) and key in message["result"]]
