@@ -113,9 +113,13 @@ def model_grid_of(reference: sitk.Image, config: PreprocessConfig) -> Grid:
 
 
 def to_model_space(
-    image: sitk.Image | str | os.PathLike, reference: sitk.Image, config: PreprocessConfig
+    image: sitk.Image | str | os.PathLike, reference: sitk.Image, config: PreprocessConfig,
+    anchor: IntensityAnchor | None = None,
 ) -> ModelSpaceVolume:
     """A head CT (image, or a path to read) -> model space, with the seconds each step took.
+
+    anchor: ``intensity_anchor(reference, config)``, when the caller keeps it for many scans (it
+    costs an intracranial mask of the reference); computed here when not given.
 
     Raises InputImageError for inputs that cannot be a head CT and RegistrationError when the
     scan does not align with the reference head.
@@ -138,7 +142,7 @@ def to_model_space(
     with _timed(seconds, cpu_seconds, "masks"):
         mask = head_mask(placed, config.window_hu)
     with _timed(seconds, cpu_seconds, "intensity"):
-        anchor = intensity_anchor(reference, config)
+        anchor = anchor or intensity_anchor(reference, config)
         shift = brain_shift_hu(placed, mask, anchor, config)
         volume = normalize(placed, mask, config, anchor.curve, shift)
     return ModelSpaceVolume(volume, mask, placed, registration, shift, seconds, cpu_seconds)

@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from ppr.errors import PPRError
 from ppr.networks.inference import autocast_context, resolve_device
 from ppr.image.equalisation import EqualisationCurve
 from ppr.networks.network import PPRNet, normalised_positions, position_loss
+
+if TYPE_CHECKING:  # for annotations only: training steps run without SimpleITK (see load_or_preprocess)
+    from ppr.image.preprocess import IntensityAnchor
 
 ProgressFn = Callable[[float, str], None]
 MODES = ("sampled", "dense")
@@ -204,8 +207,10 @@ def _reference_digest(reference: "sitk.Image") -> str:  # noqa: F821 - SimpleITK
 
 
 def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
-                       cache_dir: Path, reference_digest: str | None = None) -> TrainingVolume:
-    """The model-space volume of one scan, from the cache or preprocessed (and cached) now."""
+                       cache_dir: Path, reference_digest: str | None = None,
+                       anchor: IntensityAnchor | None = None) -> TrainingVolume:
+    """The model-space volume of one scan, from the cache or preprocessed (and cached) now
+    (``anchor``: the reference's ``intensity_anchor``, when kept for many scans)."""
     # here: reading scans brings SimpleITK, pydicom and registration, which training steps need not
     import SimpleITK as sitk
 
@@ -221,7 +226,7 @@ def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessCo
                                       data["anchored_hu"])
         except (OSError, ValueError, KeyError, EOFError):
             cached.unlink(missing_ok=True)  # a cache file cut short by an interrupted run
-    result = to_model_space(path, reference, config)
+    result = to_model_space(path, reference, config, anchor)
     volume = sitk.GetArrayFromImage(result.volume).astype(np.float32)
     head = sitk.GetArrayFromImage(result.head_mask) > 0
     anchored = np.clip(sitk.GetArrayFromImage(result.windowed_hu) + np.float32(result.brain_shift_hu),
@@ -238,13 +243,16 @@ def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessCo
 def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
                     cache_dir: Path, progress: ProgressFn | None = None) -> list[TrainingVolume]:
     """Every scan in model space (cached); all unusable scans are named in one error."""
+    from ppr.image.preprocess import intensity_anchor  # here: see load_or_preprocess
+
     reference_digest = _reference_digest(reference)
+    anchor = intensity_anchor(reference, config)  # once, not per scan
     volumes, problems = [], []
     for index, path in enumerate(paths):
         if progress is not None:
             progress(index / len(paths), f"preprocessing {Path(path).name}")
         try:
-            volumes.append(load_or_preprocess(Path(path), reference, config, cache_dir, reference_digest))
+            volumes.append(load_or_preprocess(Path(path), reference, config, cache_dir, reference_digest, anchor))
         except PPRError as error:
             problems.append(f"{path}: {error}")
     if problems:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,6 +43,9 @@ from ppr.errors import BundleError
 from ppr.image.imageio import write_text
 from ppr.networks.autoencoder import AutoEncoder3D
 from ppr.networks.network import PPRNet
+
+if TYPE_CHECKING:  # for the annotation only: preprocess brings pydicom (see _read_reference)
+    from ppr.image.preprocess import IntensityAnchor
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.pt"
@@ -86,6 +89,13 @@ class ModelBundle:
     def error_unit(self) -> str:
         """Unit of this model's error map: "mm" (PPR) or "intensity" (AE residual)."""
         return ERROR_UNITS[self.method]
+
+    @cached_property
+    def intensity_anchor(self) -> IntensityAnchor:
+        """What every scan's intensities are normalised against, computed once per loaded bundle."""
+        from ppr.image.preprocess import intensity_anchor  # here: preprocess brings pydicom, see _read_reference
+
+        return intensity_anchor(self.reference, self.preprocess)
 
     @cached_property
     def region_masks(self) -> dict[str, np.ndarray]:

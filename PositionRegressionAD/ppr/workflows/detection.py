@@ -135,7 +135,7 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
 
     report(0.0, "bringing the scan into model space")
     started = time.perf_counter()
-    model = to_model_space(image, bundle.reference, bundle.preprocess)
+    model = to_model_space(image, bundle.reference, bundle.preprocess, bundle.intensity_anchor)
     seconds["preprocess"] = time.perf_counter() - started
     seconds.update({f"preprocess.{step}": value for step, value in model.seconds.items()})
 
