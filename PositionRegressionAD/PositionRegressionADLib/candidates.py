@@ -1,5 +1,8 @@
 """Anomaly candidates: connected regions of a high anomaly map (z-map or error map) as a segmentation.
 
+The regions themselves come from ``ppr.statistics.candidates.candidate_labels`` (also behind the
+DICOM Segmentation of ``ppr detect --dicom-out``); this module makes them a Slicer segmentation.
+
 One segment per region at or above the threshold, small regions dropped, the largest first, each
 named with its volume and peak value (z, or error in mm). All segments share one labelmap on the error map's grid (the
 input's), so the segmentation is ready for the Segment Editor and for Segment Statistics. The
@@ -13,6 +16,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ppr.statistics.candidates import candidate_labels
+
 from PositionRegressionADLib.geometry import ijk_to_ras
 
 
@@ -24,20 +29,12 @@ def build_candidates(error_map: slicer.vtkMRMLScalarVolumeNode, threshold_mm: fl
     (``unit`` "z", threshold in z).
     """
     spacing = error_map.GetSpacing()
-    min_voxels = int(np.ceil(min_volume_mm3 / float(np.prod(spacing))))
-    regions = vtk.vtkImageConnectivityFilter()
-    regions.SetInputData(error_map.GetImageData())
-    regions.SetScalarRange(threshold_mm, 1e30)
-    regions.SetExtractionModeToAllRegions()
-    regions.SetSizeRange(max(min_voxels, 1), vtk.VTK_ID_MAX)
-    regions.SetLabelModeToSizeRank()
-    regions.SetLabelScalarTypeToUnsignedShort()
-    regions.Update()
-
-    labels = numpy_support.vtk_to_numpy(regions.GetOutput().GetPointData().GetScalars())
+    dimensions = error_map.GetImageData().GetDimensions()
     errors = numpy_support.vtk_to_numpy(error_map.GetImageData().GetPointData().GetScalars())
-    count = min(regions.GetNumberOfExtractedRegions(), max_count)
-    labels = np.where(labels <= count, labels, 0).astype(np.uint16)
+    # The regions are cut by ppr (one piece of code for the module and the DICOM Segmentation).
+    labels = candidate_labels(errors.reshape(dimensions[::-1]), spacing, threshold_mm, min_volume_mm3,
+                              max_count).ravel()
+    count = int(labels.max(initial=0))
 
     segmentation_node = slicer.vtkMRMLSegmentationNode()
     segmentation_node.SetName(name)

@@ -15,7 +15,11 @@ overlays, null without calibration), ``max_error_lps`` (highest z inside brain a
 calibrated, else highest error), ``registration_metric``, ``output``, ``z_map`` (path or null),
 ``model``, ``reliability`` (calibrated bundles: the out-of-depth check of ``ppr.statistics.reliability``,
 ``reliable``, ``brain_median_z``, ``fraction_above_threshold``, the calibration scans' ranges and
-``message``, the warning in plain words or ""; null without calibration). ``--no-calibration``
+``message``, the warning in plain words or ""; null without calibration), ``dicom`` (the DICOM files
+written with ``--dicom-out``, else null). ``--dicom-out DIR`` (DICOM series input only; any other
+input is refused before any work) also writes the results as DICOM objects that reference the
+source series: a Parametric Map, a Segmentation of the anomaly candidates and a TID 1500 report
+(``ppr.workflows.dicom_results``). ``--no-calibration``
 ignores a calibration (score_map "mm", for comparison). Without ``--json`` an unreliable scan's
 warning is printed on its own line after the summary (stdout) and on stderr.
 """
@@ -54,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="autoencoder bundles: residual post-filter, erosion (haemorrhage, default), "
                              "median (fracture) or none; ignored for PPR bundles")
     parser.add_argument("--aggregate", choices=AGGREGATES, default="p99", help="region score (default p99)")
+    parser.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                        help="DICOM input only: also write into DIR a Parametric Map of the shown map (z-map, "
+                             "else error), a Segmentation of the anomaly candidates and a TID 1500 report of "
+                             "the region scores, referencing the source series")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
 
@@ -79,8 +87,16 @@ def run(args: argparse.Namespace) -> int:
     from ppr.workflows.bundle import load_bundle
     from ppr.workflows.detection import DetectOptions, detect
 
+    dicom_paths = []
+    if args.dicom_out is not None:  # refused before any work: DICOM results reference a DICOM series
+        from ppr.workflows.dicom_results import check_dicom_input, dicom_result_paths
+
+        check_dicom_input(args.input)
+        dicom_paths = dicom_result_paths(args.dicom_out)
     # Before any work: outputs writable, none of them the input, --out and the z-map not one file.
     check_outputs([args.out, z_map_path(args.out, args.z_out)], inputs=[args.input])
+    if dicom_paths:
+        check_outputs(dicom_paths, inputs=[args.input], suffixes=None)  # not into the series' own folder
     started = time.perf_counter()
     progress = _progress if args.progress else None
     if progress:
@@ -97,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
     if result.z_map_input is not None:
         z_path = z_map_path(args.out, args.z_out)
         write_image(result.z_map_input, z_path)
+    if dicom_paths:
+        from ppr.workflows.dicom_results import write_detection_dicom
+
+        if progress:
+            progress(1.0, "writing the DICOM results")
+        dicom_paths = write_detection_dicom(args.input, result, args.dicom_out)
     per_step = {"load": loading, **result.seconds}
     report = {
         "seconds": round(time.perf_counter() - started, 3),
@@ -119,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "registration_note": result.registration.note,
         "output": str(args.out.resolve()),
         "z_map": None if z_path is None else str(z_path.resolve()),
+        "dicom": [str(path.resolve()) for path in dicom_paths] if args.dicom_out is not None else None,
         "model": str(args.model),
         "reliability": None if result.reliability is None else result.reliability.to_json_dict(),
     }
@@ -148,6 +171,8 @@ def _summary_line(args: argparse.Namespace, result, report: dict) -> str:
         check = result.reliability
         line += (f"; brain median z {_plain(check.brain_median_z)} (healthy scans "
                  f"{check.healthy_brain_median_z[0]:.2f} to {check.healthy_brain_median_z[1]:.2f})")
+    if report["dicom"]:
+        line += f"; DICOM results in {args.dicom_out}"
     return f"{line}; regions ({args.aggregate} of {result.score_map}): {regions}; {report['seconds']:.1f} s on {result.device}"
 
 

@@ -310,7 +310,10 @@ def _same_file(first: Path, second: Path) -> bool:
     return first.resolve() == second.resolve()
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def dicom_series_files(folder: PathLike) -> list[Path]:
+    """The files of the series ``read_image`` reads from a DICOM folder (the one with the most
+    slices), in GDCM's order (along the slice normal); ``InputImageError`` without a series."""
+    folder = Path(folder)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputImageError(
@@ -322,6 +325,11 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids),
         key=len,
     )
+    return [Path(f) for f in files]
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    files = [str(f) for f in dicom_series_files(folder)]
     slices = _slice_geometry(folder, list(files))
     if slices is None or _evenly_stacked(slices):
         return _read_with_itk(folder, files)
