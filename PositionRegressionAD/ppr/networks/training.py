@@ -14,6 +14,14 @@ What it does:
   the L1 reconstruction loss of ``volumes_per_step`` whole volumes per step (the paper's batch of 4),
   by default inside the head mask (``ae_loss``); its validation loss is the same L1 over the
   validation volumes. Same checkpoints, resume, log and progress as PPR.
+- Under ``torchrun`` (``ppr.networks.distributed``): every process (rank) draws its own patches, crops
+  or volumes from all training scans with its own random stream (rank 0's is the single-process
+  one), DistributedDataParallel averages the gradients, so one step uses world_size x the per-rank
+  batch; the logged loss is the mean over ranks (the autoencoder's batch norm normalises each rank's
+  own batch; its running statistics are averaged over ranks after each step). Rank 0 alone
+  validates, reports progress and writes checkpoints (with every rank's random stream, so a resumed
+  run continues each); ``resume`` reads the checkpoint on rank 0 and hands it to all; steps and the
+  time limit are counted on rank 0's clock. ``prepare_volumes`` splits the preprocessing between ranks.
 
 What it does not: write model bundles (``ppr.workflows.train.train_bundle``), parse arguments
 (``ppr.cli.train``) or compute error maps (``ppr.networks.inference``).
@@ -36,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ppr.networks import distributed
 from ppr.networks.augmentation import ScannerAugmentation, apply_curve, augment_hu, curve_on_device, fov_cut_index
 from ppr.networks.autoencoder import AutoEncoder3D, check_grid, reconstruction_loss
 from ppr.config import PreprocessConfig
@@ -179,6 +188,8 @@ class TrainingResult:
     initial_val_loss: float | None
     device: str
     extra: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained together (torchrun); the log is rank 0's
+    rank: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,11 +253,36 @@ def load_or_preprocess(path: Path, reference: "sitk.Image", config: PreprocessCo
 
 def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
                     cache_dir: Path, progress: ProgressFn | None = None) -> list[TrainingVolume]:
-    """Every scan in model space (cached); all unusable scans are named in one error."""
+    """Every scan in model space (cached); all unusable scans are named in one error.
+
+    Under torchrun each rank first preprocesses its share of the scans into the cache, then every
+    rank reads them all from it (a cache that a rank does not see, on another node, it fills itself)."""
     from ppr.image.preprocess import intensity_anchor  # here: see load_or_preprocess
 
     reference_digest = _reference_digest(reference)
     anchor = intensity_anchor(reference, config)  # once, not per scan
+    dist = distributed.current()
+    if dist.enabled:
+        share = list(paths)[dist.rank::dist.world_size]
+        _, problems = _prepare(share, reference, config, cache_dir, progress, reference_digest, anchor)
+        problems = [problem for found in dist.gather(problems) for problem in found]
+        if problems:
+            raise _unusable(problems)
+        progress = None  # the second pass reads the cache
+    volumes, problems = _prepare(paths, reference, config, cache_dir, progress, reference_digest, anchor)
+    if problems:
+        raise _unusable(problems)
+    return volumes
+
+
+def _unusable(problems: list[str]) -> PPRError:
+    return PPRError("These scans cannot be used for training; remove them or fix them:\n  "
+                    + "\n  ".join(problems))
+
+
+def _prepare(paths: Sequence[Path], reference: "sitk.Image", config: PreprocessConfig,  # noqa: F821
+             cache_dir: Path, progress: ProgressFn | None, reference_digest: str,
+             anchor: IntensityAnchor) -> tuple[list[TrainingVolume], list[str]]:
     volumes, problems = [], []
     for index, path in enumerate(paths):
         if progress is not None:
@@ -255,10 +291,7 @@ def prepare_volumes(paths: Sequence[Path], reference: "sitk.Image", config: Prep
             volumes.append(load_or_preprocess(Path(path), reference, config, cache_dir, reference_digest, anchor))
         except PPRError as error:
             problems.append(f"{path}: {error}")
-    if problems:
-        raise PPRError("These scans cannot be used for training; remove them or fix them:\n  "
-                       + "\n  ".join(problems))
-    return volumes
+    return volumes, problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,23 +511,49 @@ class _State:
 
 
 def _checkpoint(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, state: _State,
-                rng: np.random.Generator, config: TrainConfig, names: list[str]) -> None:
+                rng: np.random.Generator, config: TrainConfig, names: list[str],
+                dist: distributed.Distributed = distributed.SINGLE) -> None:
+    """Rank 0 writes the checkpoint, with every rank's random stream (all ranks must call this)."""
+    rank_rngs = dist.gather(json.dumps(rng.bit_generator.state))
+    if not dist.is_main:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save({"network": net.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
                 "seconds": state.seconds, "patches": state.patches, "log": state.log,
                 "initial_val_loss": state.initial_val_loss, "devices": state.devices,
                 "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                "config": config.to_dict(), "cases": names}, partial)
+                "config": config.to_dict(), "cases": names, "world_size": dist.world_size,
+                "rank_rngs": rank_rngs}, partial)
     partial.replace(path)  # never leave a half-written checkpoint under the real name
 
 
-def _restore(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
-             config: TrainConfig, names: list[str]) -> _State:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable checkpoint means the same to the user
-        raise PPRError(f"The checkpoint {path} cannot be read ({error}): delete it to start afresh.") from None
+def _read_checkpoint(path: Path | None, dist: distributed.Distributed) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` as rank 0 reads it, on every rank; None when there is none."""
+    payload: tuple[str, Any] | None = None
+    if dist.is_main and path is not None and Path(path).is_file():
+        try:
+            payload = ("saved", torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as error:  # any unreadable checkpoint means the same to the user
+            payload = ("error", f"The checkpoint {path} cannot be read ({error}): delete it to start afresh.")
+    payload = dist.broadcast(payload)
+    if payload is None:
+        return None
+    if payload[0] == "error":
+        raise PPRError(payload[1])
+    return payload[1]
+
+
+def _rank_rng(seed: int, rank: int, step: int = 0) -> np.random.Generator:
+    """Rank 0 draws the single-process stream; every other rank an independent one of its own."""
+    if rank == 0 and step == 0:
+        return np.random.default_rng(seed)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rank, step)))
+
+
+def _restore(saved: dict[str, Any], path: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
+             rng: np.random.Generator, config: TrainConfig, names: list[str],
+             dist: distributed.Distributed = distributed.SINGLE) -> _State:
     before = TrainConfig.from_dict(saved["config"])
     # The method first: a PPR checkpoint cannot continue as an autoencoder, nor the reverse.
     keys = (("method", "m", "volumes_per_step", "ae_loss", "lr", "seed") if config.method == "ae" else
@@ -508,7 +567,13 @@ def _restore(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, rng: 
                        "start afresh.")
     net.load_state_dict(saved["network"])
     optimizer.load_state_dict(saved["optimizer"])
-    rng.bit_generator.state = json.loads(saved["rng"])
+    rank_rngs = saved.get("rank_rngs") or [saved["rng"]]
+    if dist.rank < len(rank_rngs) and saved.get("world_size", 1) == dist.world_size:
+        rng.bit_generator.state = json.loads(rank_rngs[dist.rank])
+    elif dist.is_main:
+        rng.bit_generator.state = json.loads(saved["rng"])
+    else:  # the run had fewer processes before: this rank's stream starts here
+        rng.bit_generator.state = _rank_rng(config.seed, dist.rank, saved["step"]).bit_generator.state
     torch.set_rng_state(saved["torch_rng"])
     # Checkpoints written before devices were recorded name the device in their config.
     devices = list(saved.get("devices") or [saved["config"].get("device", "unknown")])
@@ -542,7 +607,8 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
           validation: Sequence[TrainingVolume] = (), checkpoint: Path | None = None,
           resume: bool = False, progress: ProgressFn | None = None,
           network: nn.Module | None = None,
-          augmentation: AugmentationContext | None = None) -> TrainingResult:
+          augmentation: AugmentationContext | None = None,
+          sync_dir: Path | None = None) -> TrainingResult:
     """Train a network (PPR, or the autoencoder with ``config.method == "ae"``) on model-space
     volumes; returns it with its per-step log.
 
@@ -551,15 +617,33 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
     validation volumes). ``augmentation`` is required when ``config.augment`` is set (training
     crops only; the validation loss is measured on the volumes as they are). ``network``: start
     from these weights (fine-tuning) instead of a new network.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this with the same arguments: see the module's
+    notes; the log, the validation losses and the checkpoint are rank 0's. ``sync_dir``: a check for
+    tests and debugging: each rank writes ``rank<R>.txt`` there, one line "step sha256-of-weights"
+    before the first step and after every step (the files of all ranks must be equal).
     """
+    with distributed.session(config.device) as dist:
+        return _train(volumes, config, validation, checkpoint, resume, progress, network, augmentation,
+                      sync_dir, dist)
+
+
+def _train(volumes: Sequence[TrainingVolume], config: TrainConfig, validation: Sequence[TrainingVolume],
+           checkpoint: Path | None, resume: bool, progress: ProgressFn | None, network: nn.Module | None,
+           augmentation: AugmentationContext | None, sync_dir: Path | None,
+           dist: distributed.Distributed) -> TrainingResult:
     if config.augment and augmentation is None:
         raise ValueError("config.augment needs the augmentation context (the reference's curve and window)")
     if not volumes:
         raise PPRError("No training scans were given: train on at least one healthy head CT.")
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    named_device = resolve_device(config.device)
+    device = dist.local_device(named_device)
+    torch.manual_seed(config.seed)  # the same initial network on every rank (DDP broadcasts rank 0's too)
+    rng = _rank_rng(config.seed, dist.rank)
+    if not dist.is_main:  # rank 0 alone validates and reports
+        validation, progress = (), None
     net = (network or new_network(config)).to(device).train()
+    model = net  # what the training steps call: net, or net in DistributedDataParallel below
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     names = [v.name for v in volumes]
     if config.method == "ae":
@@ -567,7 +651,7 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
         whole_validation = [_WholeVolume.of(v, net.stride) for v in validation]
 
         def step_loss() -> tuple[torch.Tensor, int]:
-            return _ae_step_loss(net, whole, config, rng, device)
+            return _ae_step_loss(model, whole, config, rng, device)
 
         def validation_loss() -> float | None:
             return _ae_validation_loss(net, whole_validation, config, device)
@@ -578,20 +662,30 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
                                               config.val_patches, config.seed)
 
         def step_loss() -> tuple[torch.Tensor, int]:
-            return _step_loss(net, padded, config, rng, device)
+            return _step_loss(model, padded, config, rng, device)
 
         def validation_loss() -> float | None:
             return validation_set.loss(net, device)
     state = _State()
     limit_s = None if config.max_minutes is None else config.max_minutes * 60.0
-    if resume and checkpoint is not None and Path(checkpoint).is_file():
-        state = _restore(Path(checkpoint), net, optimizer, rng, config, names)
+    saved = _read_checkpoint(checkpoint, dist) if resume else None
+    if saved is not None:
+        state = _restore(saved, Path(checkpoint), net, optimizer, rng, config, names, dist)
         if progress is not None:
-            progress(_fraction(state, config, limit_s), f"resumed at step {state.step}")
+            before = saved.get("world_size", 1)
+            note = "" if before == dist.world_size else (
+                f" (the checkpoint was written by {before} processes, this run has {dist.world_size})")
+            progress(_fraction(state, config, limit_s), f"resumed at step {state.step}{note}")
     else:
         if resume and progress is not None:
             progress(0.0, f"no checkpoint at {checkpoint}: starting afresh")
         state.initial_val_loss = validation_loss()  # the untrained network's
+    if dist.enabled:
+        model = dist.wrap(net, device)
+        if progress is not None:
+            progress(_fraction(state, config, limit_s), f"{dist.world_size} processes: each step averages their "
+                     f"gradients ({_per_rank_batch(config)} per process)")
+    _write_sync(sync_dir, dist, state.step, net, first=True)
     last_checkpoint = time.perf_counter()
 
     def finished() -> bool:
@@ -606,32 +700,64 @@ def train(volumes: Sequence[TrainingVolume], config: TrainConfig,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        dist.average_running_statistics(net)  # the autoencoder's batch norm
         if device.type == "cuda":
             torch.cuda.synchronize()
         state.step += 1
+        if str(named_device) not in state.devices:
+            state.devices.append(str(named_device))
+        elapsed = time.perf_counter() - step_started
+        loss_value = float(loss.detach())
+        due = checkpoint is not None and time.perf_counter() - last_checkpoint > config.checkpoint_minutes * 60
+        if dist.enabled:
+            # One all-reduce: the mean loss and the patches of all ranks, rank 0's clock and rank 0's
+            # checkpoint decision, so that every rank stops and checkpoints at the same step.
+            mine = state.seconds + elapsed if dist.is_main else 0.0
+            total_loss, used, state.seconds, due = dist.sum([loss_value, used, mine, due and dist.is_main])
+            loss_value, used, due = total_loss / dist.world_size, int(used), bool(due)
+        else:
+            state.seconds += elapsed
         state.patches += used
-        if str(device) not in state.devices:
-            state.devices.append(str(device))
-        state.seconds += time.perf_counter() - step_started
-        record: dict[str, Any] = {"step": state.step, "loss": float(loss.detach()), "seconds": round(state.seconds, 3)}
+        record: dict[str, Any] = {"step": state.step, "loss": loss_value, "seconds": round(state.seconds, 3)}
         if state.step % config.val_every == 0 or finished():
             record["val_loss"] = validation_loss()
         state.log.append(record)
+        _write_sync(sync_dir, dist, state.step, net)
         if progress is not None:
             progress(_fraction(state, config, limit_s), _progress_message(state, record, config, limit_s))
-        if checkpoint is not None and time.perf_counter() - last_checkpoint > config.checkpoint_minutes * 60:
-            _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names)
+        if due:
+            _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names, dist)
             last_checkpoint = time.perf_counter()
     if state.log and "val_loss" not in state.log[-1]:
         state.log[-1]["val_loss"] = validation_loss()  # resumed at the very end
     if checkpoint is not None:
-        _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names)
+        _checkpoint(Path(checkpoint), net, optimizer, state, rng, config, names, dist)
     final_val = next((r["val_loss"] for r in reversed(state.log) if r.get("val_loss") is not None), None)
     return TrainingResult(
         network=net, log=state.log, steps=state.step, seconds=state.seconds,
         patches_per_second=state.patches / state.seconds if state.seconds > 0 else 0.0,
         final_loss=_recent_mean(state.log), final_val_loss=final_val,
-        initial_val_loss=state.initial_val_loss, device=", ".join(state.devices) or str(device))
+        initial_val_loss=state.initial_val_loss, device=", ".join(state.devices) or str(named_device),
+        world_size=dist.world_size, rank=dist.rank)
+
+
+def _per_rank_batch(config: TrainConfig) -> str:
+    if config.method == "ae":
+        return f"{config.volumes_per_step} volumes"
+    if config.mode == "sampled":
+        return f"{config.batch} patches"
+    return f"{config.crops} crops of {config.crop}^3 positions"
+
+
+def _write_sync(sync_dir: Path | None, dist: distributed.Distributed, step: int, net: nn.Module,
+                first: bool = False) -> None:
+    """The sync check (``train(sync_dir=...)``): this rank's weights digest after ``step``."""
+    if sync_dir is None:
+        return
+    path = Path(sync_dir) / f"rank{dist.rank}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w" if first else "a") as handle:
+        handle.write(f"{step} {distributed.weights_digest(net)}\n")
 
 
 def _recent_mean(log: list[dict[str, Any]]) -> float | None:
