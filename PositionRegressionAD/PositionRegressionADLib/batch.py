@@ -2,6 +2,7 @@
 
     python -m PositionRegressionADLib.batch --input DIR_OR_FILES... --output DIR [--model BUNDLE]
         [--device auto|cuda|cpu] [--stride K] [--screenshots] [--scene] [--format standard|mood]
+        [--engine serial|ray [--address ADDRESS] [--workers N]]
 
 or inside Slicer: ``Slicer --no-main-window --python-script <module dir>/batch.py -- <same arguments>``.
 
@@ -26,6 +27,10 @@ A re-run into the same OUTPUT keeps each scan whose earlier row is "ok" for the 
 ("Input digest") and settings ("Run settings": model, stride, calibration, thresholds, files asked
 for) and whose files are there and whole (its Reason says so); every other scan is computed again.
 
+``--engine ray`` runs the scans as Ray tasks, several at once, on a local Ray or on a cluster
+(``batch_ray``; Ray is optional: ``pip install ray==2.60.0``); this process still writes every row.
+Each row says which engine and which worker ran it ("Engine", "Worker": host:process id).
+
 Exit code: 0 all scans done, 1 some failed (see scores.csv) or scores.csv could not be written (a full
 disk: the batch stops, message on stderr), 2 nothing could start (message on stderr).
 """
@@ -42,6 +47,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -77,10 +83,14 @@ LOCK_FILE_NAME = ".ppr-batch.lock"
 MOOD_FOLDER_NAME = "mood"
 FORMATS = ("standard", "mood")
 FIRST_COLUMNS = ["Scan", "Status", "Reason"]
-LAST_COLUMNS = ["Total seconds", "Error map", "z-map", "Skull surface", "Input", "Input digest", "Run settings"]
+# "Engine" (serial or ray) and "Worker" (host:process id) say what ran the scan.
+LAST_COLUMNS = ["Total seconds", "Engine", "Worker", "Error map", "z-map", "Skull surface", "Input", "Input digest",
+                "Run settings"]
 KEPT = "kept from an earlier run of the same scan with the same settings (its files checked)"
 # The sample-level MOOD score: the whole head's region score, in the unit of the pixel scores.
 MOOD_SAMPLE_REGION = "head"
+ENGINES = ("serial", "ray")
+RAY_REQUIREMENT = "ray==2.60.0"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="input intensity of the skull surface (default: chosen from the scan)")
     parser.add_argument("--screenshots", action="store_true", help="write slice and surface PNGs per scan")
     parser.add_argument("--scene", action="store_true", help="write a Slicer scene (.mrb) per scan")
+    engine = parser.add_argument_group(
+        "engine", "where the scans run; this process writes every row of scores.csv either way")
+    engine.add_argument("--engine", choices=ENGINES, default="serial",
+                        help="serial (default): one scan after the other in this process's detector child; "
+                             "ray: one Ray task per scan, several at once, on a local Ray or on --address "
+                             f"(needs `pip install {RAY_REQUIREMENT}`). The input and --output folders must be "
+                             "at the same paths on every Ray node (a shared file system)")
+    engine.add_argument("--address", default=None,
+                        help="ray: the address of a running Ray cluster (e.g. auto, HEAD:6379); without it a "
+                             "local Ray on this machine is started and stopped with the batch")
+    engine.add_argument("--workers", type=int, default=None,
+                        help="ray: how many scans run at once (default: one per GPU where the cluster has GPUs, "
+                             "then each scan gets 1 GPU and --device cuda; else one per CPU). Each scan gets "
+                             "the cluster's CPUs divided by N (at least 1, at most one node's) as Ray num_cpus, "
+                             "and its detector that many threads (OMP_NUM_THREADS, MKL_NUM_THREADS and "
+                             "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, read by torch and SimpleITK)")
     return parser
 
 
@@ -247,28 +273,71 @@ def process_scan(path: Path, settings: BatchSettings, on_progress, name: str | N
     """Detect in one scan and write its files into ``OUTPUT/<name>/`` (``output_names``); returns its
     scores.csv row (raises on failure)."""
     name = name or output_names([path])[0]
-    out_dir = settings.output_dir / name
     with tempfile.TemporaryDirectory(prefix="ppr-batch-") as cache:
         context = SceneContext.create(Path(cache))
         volume = load_volume(context, path, name)
         logic = DetectionLogic(context.scene, launcher=settings.launcher, python_command=settings.python_command)
         results = logic.detect(volume, settings.options, on_progress=on_progress)
-        row = {"Error map": save_node(results.error_map, out_dir / "error_map.nii.gz"),
-               "Skull surface": save_node(results.skull_surface, out_dir / "skull_surface.vtk")}
-        if results.z_map is not None:
-            row["z-map"] = save_node(results.z_map, out_dir / "z_map.nii.gz")
-        if settings.output_format == "mood":
-            write_mood(path, results, row["z-map"] if results.z_map is not None else row["Error map"],
-                       settings.output_dir / MOOD_FOLDER_NAME)
-        if settings.screenshots:
-            from PositionRegressionADLib.rendering import render_slices, render_surface
+        return write_scan_outputs(context, volume, results, path, settings, settings.output_dir / name)
 
-            render_slices(context, results, volume, out_dir / "slices")
-            render_surface(results, out_dir / "skull_surface.png")
-        if settings.scene:
-            save_scene_mrb(context.scene, out_dir / "scene.mrb")
-        row.update(table_row(results.scores))
-        return row
+
+def write_scan_outputs(context: SceneContext, volume, results: DetectionResults, path: Path,
+                       settings: BatchSettings, out_dir: Path) -> dict[str, object]:
+    """Write every file of one scan's results (its folder ``out_dir`` = ``OUTPUT/<name>/``, and its MOOD
+    files), each whole or not at all; returns the scan's scores.csv row so far (files and scores).
+
+    The one place that writes a scan's outputs, in whichever process runs the scan (the batch itself,
+    or a Ray worker): a new kind of output goes here (and into ``kept_row``'s list of files)."""
+    row = {"Error map": save_node(results.error_map, out_dir / "error_map.nii.gz"),
+           "Skull surface": save_node(results.skull_surface, out_dir / "skull_surface.vtk")}
+    if results.z_map is not None:
+        row["z-map"] = save_node(results.z_map, out_dir / "z_map.nii.gz")
+    if settings.output_format == "mood":
+        write_mood(path, results, row["z-map"] if results.z_map is not None else row["Error map"],
+                   settings.output_dir / MOOD_FOLDER_NAME)
+    if settings.screenshots:
+        from PositionRegressionADLib.rendering import render_slices, render_surface
+
+        render_slices(context, results, volume, out_dir / "slices")
+        render_surface(results, out_dir / "skull_surface.png")
+    if settings.scene:
+        save_scene_mrb(context.scene, out_dir / "scene.mrb")
+    row.update(table_row(results.scores))
+    return row
+
+
+def worker_name() -> str:
+    """Who runs a scan, for its row's "Worker": this host and process id ("node-3:41207")."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def detect_scan(path: Path, name: str, settings: BatchSettings, digest: str, key: str, engine: str = "serial",
+                on_progress=None) -> dict[str, object]:
+    """Everything one scan needs, in the process that runs it: detect, write its files (``process_scan``)
+    and return its whole scores.csv row. A scan that fails gets a "failed" row with its reason (never
+    raises for the scan's own failure), and what an earlier run wrote for it is removed
+    (``remove_results``), so no map beside a "failed" row looks current. Writes no row: the batch does."""
+    started = time.monotonic()
+    try:
+        row = process_scan(path, settings, on_progress or (lambda update: None), name)
+        row.update({"Scan": name, "Status": "ok", "Reason": ""})
+    except PPRError as error:
+        row = {"Scan": name, "Status": "failed", "Reason": str(error)}
+    except Exception as error:  # an unexpected failure of one scan must not stop the others
+        row = {"Scan": name, "Status": "failed", "Reason": f"internal error: {error!r}"}
+    if row["Status"] == "failed" and remove_results(settings, path, name):
+        row["Reason"] = f"{row['Reason']} (the results of an earlier run of this scan were removed)"
+    row.update({"Input": str(path.resolve()), "Input digest": digest, "Run settings": key})
+    # "Seconds" is the detector's own time; this is the scan's whole time (export, results, files).
+    row["Total seconds"] = round(time.monotonic() - started, 3)
+    row.update({"Engine": engine, "Worker": worker_name()})
+    return row
+
+
+def done_status(row: dict[str, object]) -> str:
+    """What the progress output says when a scan is done: ok or why it failed, and its warning."""
+    status = row["Status"] if row["Status"] == "ok" else f"failed: {row['Reason']}"
+    return f"{status}. {row[WARNING_COLUMN]}" if row.get(WARNING_COLUMN) else status
 
 
 def mood_normalisation(results: DetectionResults):
@@ -331,6 +400,10 @@ def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
 
 class BatchLockedError(OutputFileError):
     """Another batch is writing into the same --output folder."""
+
+
+class BatchEngineError(PPRError):
+    """The engine cannot run the batch (a Ray cluster that cannot be reached, --device cuda without a GPU)."""
 
 
 class OutputLock:
@@ -477,31 +550,24 @@ def _run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO,
         stream.write(f"skipped {path.name}: {reason}\n")
     names = output_names(scans)  # unique per scan: two "head.nii.gz" never share a result folder
     for index, (path, name) in enumerate(zip(scans, names), start=1):
-        started = time.monotonic()
-        digest = file_digest(path) if path.exists() else ""
+        digest = scan_digest(path)
         kept = kept_row(earlier.get(str(path.resolve())), digest, key, settings, path, name) if digest else None
         if kept is not None:
             rows.append(kept)
             write_scores(settings.output_dir / SCORES_FILE_NAME, rows)
             bar.done(index, name, f"ok ({KEPT})")
             continue
-        try:
-            row = process_scan(path, settings, lambda update: bar.update(index, name, update), name)
-            row.update({"Scan": name, "Status": "ok", "Reason": ""})
-        except PPRError as error:
-            row = {"Scan": name, "Status": "failed", "Reason": str(error)}
-        except Exception as error:  # an unexpected failure of one scan must not stop the others
-            row = {"Scan": name, "Status": "failed", "Reason": f"internal error: {error!r}"}
-        if row["Status"] == "failed" and remove_results(settings, path, name):
-            row["Reason"] = f"{row['Reason']} (the results of an earlier run of this scan were removed)"
-        row.update({"Input": str(path.resolve()), "Input digest": digest, "Run settings": key})
-        # "Seconds" is the detector's own time; this is the scan's whole time (export, results, files).
-        row["Total seconds"] = round(time.monotonic() - started, 3)
+        row = detect_scan(path, name, settings, digest, key, "serial",
+                          lambda update: bar.update(index, name, update))
         rows.append(row)
         write_scores(settings.output_dir / SCORES_FILE_NAME, rows)
-        status = row["Status"] if row["Status"] == "ok" else f"failed: {row['Reason']}"
-        bar.done(index, name, f"{status}. {row[WARNING_COLUMN]}" if row.get(WARNING_COLUMN) else status)
+        bar.done(index, name, done_status(row))
     return rows
+
+
+def scan_digest(path: Path) -> str:
+    """The scan's "Input digest" ("" when it is missing: it then fails with the reader's message)."""
+    return file_digest(path) if path.exists() else ""
 
 
 # Run in the detector's Python (torch, the bundle's checks): load the bundle once, say why it cannot be.
@@ -557,6 +623,21 @@ def remove_results(settings: BatchSettings, scan: Path, name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.engine != "ray" and (args.address is not None or args.workers is not None):
+        print("error: --address and --workers are for --engine ray", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.engine == "ray":
+        try:  # only this engine imports Ray (an optional package): the serial batch and Slicer never do
+            from PositionRegressionADLib import batch_ray
+        except ImportError as error:
+            print(f"error: --engine ray needs Ray, which is not installed here ({error}): install it with "
+                  f"`{Path(sys.executable).name} -m pip install {RAY_REQUIREMENT}` (in the project "
+                  f"environment: .venv/bin/pip install {RAY_REQUIREMENT}), or use --engine serial.",
+                  file=sys.stderr)
+            return 2
     try:
         model = check_model_path(args.model or default_model_path())
         scans, skipped = find_inputs(args.input)
@@ -572,13 +653,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = BatchSettings(output_dir=args.output.resolve(), options=options, screenshots=args.screenshots,
                              scene=args.scene, output_format=args.format)
     try:
-        rows = run_batch(scans, settings, skipped=skipped)
+        if args.engine == "ray":
+            rows = batch_ray.run_batch_ray(scans, settings, skipped=skipped, address=args.address,
+                                           workers=args.workers)
+        else:
+            rows = run_batch(scans, settings, skipped=skipped)
     except BatchLockedError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OutputFileError as error:  # scores.csv could not be written (a full disk): the batch stops
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except BatchEngineError as error:  # the Ray cluster could not be reached or cannot run the scans
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     failed = sum(row["Status"] == "failed" for row in rows)
     shown = f"; {len(skipped)} file(s) skipped (see their rows)" if skipped else ""
     print(f"{len(scans) - failed} of {len(scans)} scans done{shown}; scores in "
