@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import socket
@@ -85,8 +86,11 @@ def _same_results(a: dict[str, str], b: dict[str, str], output_a: Path, output_b
 def test_the_plan_gives_each_scan_a_gpu_where_the_cluster_has_gpus():
     gpu = plan(cluster_cpus=64, cluster_gpus=8, largest_node_cpus=16, workers=None, device="auto")
     assert (gpu.workers, gpu.cpus_per_scan, gpu.gpus_per_scan, gpu.device) == (8, 8, 1, "cuda")
-    # More workers than GPUs: a task holds a GPU, so no more than 8 run at once.
-    assert plan(64, 8, 16, workers=32, device="auto").cpus_per_scan == 8
+    # More workers than GPUs share them: 4 scans per GPU, 2 CPUs each.
+    shared = plan(64, 8, 16, workers=32, device="auto")
+    assert (shared.gpus_per_scan, shared.cpus_per_scan, shared.device) == (0.25, 2, "cuda")
+    assert "1/4 of a GPU per scan" in shared.describe() and "1 GPU per scan" in gpu.describe()
+    assert plan(64, 8, 16, workers=12, device="auto").gpus_per_scan == 0.5  # 12 scans on 8 GPUs: 2 per GPU
     assert plan(64, 8, 16, workers=None, device="cpu").gpus_per_scan == 0  # --device cpu keeps off GPUs
 
 
@@ -101,6 +105,44 @@ def test_the_plan_shares_the_cpus_among_the_scans_that_run_at_once():
 def test_device_cuda_on_a_cluster_without_a_gpu_is_refused():
     with pytest.raises(BatchEngineError, match="no GPU"):
         plan(8, 0, 8, workers=None, device="cuda")
+
+
+GPU_RUN = """
+import io, json, os, sys
+from pathlib import Path
+import ray
+from PositionRegressionADLib.batch import BatchSettings
+from PositionRegressionADLib.batch_ray import run_batch_ray, scan_task
+from PositionRegressionADLib.detection_logic import DetectionOptions
+
+def task(job):
+    row, used = scan_task(job)
+    row.update({"Visible GPUs": os.environ.get("CUDA_VISIBLE_DEVICES"), "Threads": os.environ["OMP_NUM_THREADS"]})
+    return row, used
+
+scans, output, model = (Path(arg) for arg in sys.argv[1:4])
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+settings = BatchSettings(output_dir=output, options=DetectionOptions(model_path=model),
+                         python_command=(sys.executable, "-m", "PositionRegressionADLib.testing"))
+log = io.StringIO()
+rows = run_batch_ray(sorted(scans.glob("*.nii.gz")), settings, stream=log, workers=2, task=task)
+ray.shutdown()
+print(json.dumps({"rows": rows, "log": log.getvalue()}, default=str))
+"""
+
+
+def test_on_a_cluster_with_a_gpu_each_scan_gets_a_share_of_it_and_device_cuda(synthetic_scans, tmp_path, repo_root):
+    """A local Ray that declares 1 GPU (a resource only: nothing runs on a GPU here, the fake detector
+    reports the device it was given): 2 workers share it, each task sees it and asks for cuda."""
+    model = tmp_path / "model"
+    model.mkdir()
+    result = subprocess.run([sys.executable, "-c", GPU_RUN, str(synthetic_scans), str(tmp_path / "out"), str(model)],
+                            cwd=repo_root / "PositionRegressionAD", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert "2 scan(s) at once, 1 CPU thread(s) per scan, 1/2 of a GPU per scan (device cuda)" in report["log"]
+    assert [(row["Status"], row["Device"], row["Visible GPUs"], row["Threads"]) for row in report["rows"]] == [
+        ("ok", "cuda", "0", "1")] * 2
 
 
 # -- Ray is optional -----------------------------------------------------------------------------------

@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--address", default=None,
                         help="ray: the address of a running Ray cluster (e.g. auto, HEAD:6379); without it a "
                              "local Ray on this machine is started and stopped with the batch")
-    engine.add_argument("--workers", type=int, default=None,
+    engine.add_argument("--workers", type=int, default=None, metavar="N",
                         help="ray: how many scans run at once (default: one per GPU where the cluster has GPUs, "
-                             "then each scan gets 1 GPU and --device cuda; else one per CPU). Each scan gets "
+                             "then each scan gets 1 GPU and --device cuda, or a share of one when N is more than "
+                             "the GPUs; else one per CPU). Each scan gets "
                              "the cluster's CPUs divided by N (at least 1, at most one node's) as Ray num_cpus, "
                              "and its detector that many threads (OMP_NUM_THREADS, MKL_NUM_THREADS and "
                              "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, read by torch and SimpleITK)")

@@ -19,9 +19,10 @@ Who does what:
   and is not run again. A worker that dies (killed, out of memory, node lost) is a system failure:
   Ray runs its scan again, up to ``MAX_RETRIES`` times; after that the scan gets a "failed" row.
 
-Resources: where the cluster has GPUs (and --device is not cpu), each task asks for 1 GPU and runs its
-detector with device cuda; each task asks for the cluster's CPUs divided by the workers (``plan``), and
-its detector gets that many threads (torch: OMP_NUM_THREADS / MKL_NUM_THREADS; SimpleITK:
+Resources: where the cluster has GPUs (and --device is not cpu), each task asks for 1 GPU (a share of
+one, 1/k, when --workers asks for k times more scans at once than there are GPUs: a scan's CPU steps
+take longer than its network on a GPU) and runs its detector with device cuda; each task asks for the
+cluster's CPUs divided by the workers (``plan``), and its detector gets that many threads (torch: OMP_NUM_THREADS / MKL_NUM_THREADS; SimpleITK:
 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS). With one thread per scan the results are the serial batch's,
 byte for byte; the multi-threaded registration of SimpleITK is not repeatable to the last bit, also
 in the serial batch.
@@ -82,11 +83,16 @@ class RayPlan:
 
     workers: int
     cpus_per_scan: int
-    gpus_per_scan: int
+    gpus_per_scan: float
     device: str
 
     def describe(self) -> str:
-        gpu = ", 1 GPU per scan (device cuda)" if self.gpus_per_scan else f", device {self.device}"
+        if not self.gpus_per_scan:
+            gpu = f", device {self.device}"
+        elif self.gpus_per_scan == 1:
+            gpu = ", 1 GPU per scan (device cuda)"
+        else:
+            gpu = f", 1/{round(1 / self.gpus_per_scan)} of a GPU per scan (device cuda)"
         return (f"{self.workers} scan(s) at once, {self.cpus_per_scan} CPU thread(s) per scan{gpu}")
 
 
@@ -95,7 +101,7 @@ def plan(cluster_cpus: float, cluster_gpus: float, largest_node_cpus: float, wor
     """The plan for a cluster with these resources (``ray.cluster_resources``, the largest node's CPUs).
 
     GPUs (and device not "cpu"): 1 GPU per task and device cuda; workers default to the number of
-    GPUs. No GPU: device cpu (``--device cuda`` is refused); workers default to the number of CPUs.
+    GPUs; more workers than GPUs share them (1/k GPU per task, k = workers / GPUs rounded up). No GPU: device cpu (``--device cuda`` is refused); workers default to the number of CPUs.
     Each task asks for the CPUs divided by the scans that run at once (at least 1, at most the largest
     node's, so every task fits on a node), and its detector gets as many threads."""
     gpus = int(cluster_gpus)
@@ -106,9 +112,9 @@ def plan(cluster_cpus: float, cluster_gpus: float, largest_node_cpus: float, wor
     use_gpu = gpus > 0 and device != "cpu"
     if workers is None:
         workers = gpus if use_gpu else cpus
-    at_once = min(workers, gpus) if use_gpu else workers  # a task holds a GPU: no more run at once
-    cpus_per_scan = max(1, min(cpus // max(1, at_once), max(1, int(largest_node_cpus))))
-    return RayPlan(workers=workers, cpus_per_scan=cpus_per_scan, gpus_per_scan=1 if use_gpu else 0,
+    cpus_per_scan = max(1, min(cpus // max(1, workers), max(1, int(largest_node_cpus))))
+    share = -(-workers // gpus) if use_gpu else 0  # tasks per GPU, rounded up
+    return RayPlan(workers=workers, cpus_per_scan=cpus_per_scan, gpus_per_scan=1 / share if use_gpu else 0,
                    device="cuda" if use_gpu else "cpu")
 
 
