@@ -32,6 +32,11 @@ class PreprocessConfig:
         ctich_054 as reference (256^3, 1 mm), the other 31 CT-ICH dev cases reached 0.340-0.658
         (the reference itself 1.64), while a water cylinder, an abdomen-like phantom, noise and a
         head with its slices shuffled reached 0.055-0.152.
+    min_brain_match: a registered scan whose brain core (the reference's intracranial space 10 mm
+        and more from the skull) correlates with the reference's below this is refused as "does
+        not look like a head CT" (``ppr.image.head_check``, where the measurements are): heads
+        reach 0.48-0.78, a sphere, a water ellipsoid or a bone shell around soft tissue -0.05-0.09
+        (they pass min_registration_metric). Bundles written before this existed get 0.25 too.
     """
 
     size: int = 256
@@ -42,6 +47,7 @@ class PreprocessConfig:
     anchor_brain: bool = True
     prewindowed: bool = False
     min_registration_metric: float = 0.25
+    min_brain_match: float = 0.25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_hu", tuple(float(v) for v in self.window_hu))

@@ -122,7 +122,8 @@ def to_model_space(
     costs an intracranial mask of the reference); computed here when not given.
 
     Raises InputImageError for inputs that cannot be a head CT and RegistrationError when the
-    scan does not align with the reference head.
+    scan does not align with the reference head, or once aligned does not look like a head (the
+    inside of its cranium unlike a brain: ``ppr.image.head_check``, config.min_brain_match).
     """
     seconds: dict[str, float] = {}
     cpu_seconds: dict[str, float] = {}

@@ -24,8 +24,9 @@ import SimpleITK as sitk
 from ppr.config import PreprocessConfig
 from ppr.errors import RegistrationError
 from ppr.image.geometry import resample_isotropic
+from ppr.image.head_check import HeadLikeness, brain_core, head_likeness, refusal as head_refusal
 from ppr.image.intensity import window
-from ppr.image.masks import head_mask, intracranial_mask, midsagittal_plane
+from ppr.image.masks import head_mask, head_threshold_hu, intracranial_mask, midsagittal_plane
 
 REGISTRATION_SPACING_MM = 3.0
 HISTOGRAM_BINS = 32
@@ -81,6 +82,9 @@ class RegistrationResult:
         nothing), e.g. that the scan was read upside down.
     readings: (flipped_axes, metric) of every reading of the voxel array that was fully registered,
         the kept one included; metric -inf when the optimisation failed.
+    brain_match: the "is it a head" figure of ``ppr.image.head_check`` (correlation with the
+        reference over its brain core; 0.48-0.78 for heads); nan when the reference shows no
+        cranium to check against.
     """
 
     transform: sitk.Transform
@@ -89,6 +93,7 @@ class RegistrationResult:
     flipped_axes: tuple[int, ...] = ()
     note: str = ""
     readings: tuple[tuple[tuple[int, ...], float], ...] = ()
+    brain_match: float = float("nan")
 
     def matrix_4x4(self) -> np.ndarray:
         """Homogeneous matrix of the transform (model mm -> input mm)."""
@@ -118,6 +123,7 @@ class _PreparedHead:
     cranium_center_mm: np.ndarray
     cranium_frame: np.ndarray
     mirror: "_Mirror | None" = None  # set on a mirrored reading (see _mirrored)
+    cranium: sitk.Image | None = None  # the intracranial mask (None when none was found)
 
 
 def _prepare(image_hu: sitk.Image, config: PreprocessConfig, spacing_mm: float) -> _PreparedHead:
@@ -129,11 +135,14 @@ def _prepare(image_hu: sitk.Image, config: PreprocessConfig, spacing_mm: float) 
     shifted = sitk.Multiply(
         sitk.ShiftScale(window(coarse, window_hu), shift=-lo, scale=1.0), sitk.Cast(head, sitk.sitkFloat32)
     )
-    return _PreparedHead(shifted, *_cranium_pose(coarse, head, config))
+    cranium = intracranial_mask(coarse, config)
+    center, frame = _cranium_pose(coarse, head, cranium, config)
+    found = bool(np.any(frame - np.eye(3)))  # the identity frame: no cranium found (see _cranium_pose)
+    return _PreparedHead(shifted, center, frame, cranium=cranium if found else None)
 
 
 def _cranium_pose(
-    coarse_hu: sitk.Image, head: sitk.Image, config: PreprocessConfig
+    coarse_hu: sitk.Image, head: sitk.Image, cranium: sitk.Image, config: PreprocessConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centre and anatomical frame of the intracranial space; of the whole head if none is found.
 
@@ -142,7 +151,6 @@ def _cranium_pose(
     the next on the dev data), its left-right axis the normal of the mid-sagittal plane (the two
     shorter principal axes differ by as little as 1% on some heads and swap between heads).
     """
-    cranium = intracranial_mask(coarse_hu, config)
     statistics = sitk.LabelShapeStatisticsImageFilter()
     statistics.Execute(cranium)
     if statistics.GetNumberOfLabels() == 0 or statistics.GetPhysicalSize(1) < MIN_CRANIUM_ML * 1000:
@@ -204,7 +212,10 @@ def register_to_reference(
     detected.
 
     Raises RegistrationError, saying the figure, the threshold and what to check, when the best
-    reading's quality figure is below config.min_registration_metric.
+    reading's quality figure is below config.min_registration_metric, or when the inside of the
+    registered scan's cranium does not look like a brain (``ppr.image.head_check``: its figure is
+    below config.min_brain_match): a sphere, a water phantom or a bone shell around soft tissue
+    aligns with the reference's outline well enough to pass the quality figure.
     """
     start = time.perf_counter()
     fixed = _prepare(reference, config, spacing_mm)
@@ -222,8 +233,23 @@ def register_to_reference(
     figures = tuple((reading.flipped_axes, reading.metric) for reading in readings)
     if best.metric < config.min_registration_metric:
         raise RegistrationError(_refusal(best, readings, config))
+    likeness = _head_likeness(fixed, best, config)
+    if likeness is not None and head_refusal(likeness, config.min_brain_match):
+        raise RegistrationError(head_refusal(likeness, config.min_brain_match))
+    brain_match = float("nan") if likeness is None else likeness.brain_match
     transform = best.transform if not best.flipped_axes else _mirror_then(best.head.mirror, best.transform)
-    return RegistrationResult(transform, best.metric, seconds, best.flipped_axes, _note(best, ordinary), figures)
+    return RegistrationResult(transform, best.metric, seconds, best.flipped_axes, _note(best, ordinary), figures,
+                              brain_match)
+
+
+def _head_likeness(fixed: "_PreparedHead", best: "_Reading", config: PreprocessConfig) -> HeadLikeness | None:
+    """The registered scan's brain core against the reference's (None: the reference shows no cranium)."""
+    if fixed.cranium is None:
+        return None
+    seen = sitk.Resample(best.head.image, fixed.image, best.transform, sitk.sitkLinear, 0.0)
+    # Prepared heads hold HU - window floor inside the head, 0 outside.
+    in_head = sitk.GetArrayViewFromImage(seen) >= head_threshold_hu(config.window_hu) - config.window_hu[0]
+    return head_likeness(fixed.image, seen, brain_core(fixed.cranium), in_head)
 
 
 # A mirrored reading of the voxel array is registered in full only when its start (correlation of
