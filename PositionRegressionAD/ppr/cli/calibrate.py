@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest spread allowed (keeps z finite where healthy errors are all equal)")
     parser.add_argument("--overlay-percentile", type=float, default=defaults.overlay_percentile,
                         help="percentile of healthy z used as the default overlay threshold")
+    parser.add_argument("--atlas-scans", type=Path, nargs="+", default=[],
+                        help="more healthy head CTs for the intensity atlas only (the shown anomaly map); the "
+                             "training scans may be among them. The atlas is fitted from these and the "
+                             "calibration scans together when they are 4 or more")
     parser.add_argument("--allow-training-scans", action="store_true",
                         help="accept scans the model was trained on (their errors are optimistically low)")
     parser.add_argument("--json", action="store_true", help="print a summary as one JSON line last on stdout")
@@ -80,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     )
     calibration, path = calibrate_bundle(args.bundle, args.images, config, stride=args.stride, device=args.device,
                                          progress=_progress if args.progress else None,
-                                         allow_training_scans=args.allow_training_scans, output=args.out)
+                                         allow_training_scans=args.allow_training_scans, output=args.out,
+                                         atlas_images=args.atlas_scans)
     bundle_path = path.parent
+    atlas = load_bundle(bundle_path).intensity_atlas
     summary = {
         "calibration": str(path),
         "n_scans": calibration.n_scans,
@@ -91,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         "grid_shape": list(calibration.grid_shape),
     }
     unit = load_bundle(bundle_path).error_unit
+    summary["intensity_atlas"] = None if atlas is None else {
+        "n_scans": atlas.n_scans, "overlay_threshold": atlas.overlay_threshold_z}
     (low, high), (fraction_low, fraction_high), _ = healthy_ranges(calibration)
     summary["bundle"] = str(bundle_path)
     summary["healthy_brain_median_z"] = [low, high]
@@ -104,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
           f"default overlay threshold z = {calibration.overlay_threshold_z:.2f}; brain median z of these scans "
           f"(each against the others) {low:.2f} to {high:.2f}, {100 * fraction_low:.1f}-{100 * fraction_high:.1f} % "
           f"of brain and skull above the threshold; written to {path}")
+    if atlas is None:
+        print("no intensity atlas (fewer than 4 healthy scans in all): the overlay shows the position z-map")
+    else:
+        print(f"intensity atlas of {atlas.n_scans} scans: the overlay shows the anomaly map, threshold "
+              f"{atlas.overlay_threshold_z:.2f}")
     if args.out is not None:
         print(f"detect with this calibration: python -m ppr detect SCAN --model {bundle_path} --out ERRORMAP")
     if args.json:

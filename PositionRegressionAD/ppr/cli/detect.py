@@ -13,6 +13,10 @@ same of the z-map, null without calibration), ``post_filter`` (the AE residual's
 PPR), ``overlay_threshold`` (the calibration's z threshold for
 overlays, null without calibration), ``max_error_lps`` (highest z inside brain and skull when
 calibrated, else highest error), ``registration_metric``, ``output``, ``z_map`` (path or null),
+``shown_map`` ("anomaly": the z-map is the anomaly map of a bundle with an intensity atlas;
+"position z"; "none" without calibration), ``position_z_map`` (with an anomaly map, the position
+error's own z-map, "PPR position error", at ``--position-z-out`` or ``<out stem>_position_z.nii.gz``;
+else null) and ``position_overlay_threshold``,
 ``model``, ``reliability`` (calibrated bundles: the out-of-depth check of ``ppr.statistics.reliability``,
 ``reliable``, ``brain_median_z``, ``fraction_above_threshold``, the calibration scans' ranges and
 ``message``, the warning in plain words or ""; null without calibration), ``dicom`` (the DICOM files
@@ -46,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="error map to write on the input's grid (mm for PPR, intensity for an autoencoder)")
     parser.add_argument("--z-out", type=Path, default=None,
                         help="z-map to write with a calibrated bundle (default: <out stem>_z.nii.gz beside --out)")
+    parser.add_argument("--position-z-out", type=Path, default=None,
+                        help="with a bundle whose z-map is the anomaly map: the position error's own z-map "
+                             "(default: <out stem>_position_z.nii.gz beside --out)")
     parser.add_argument("--no-calibration", action="store_true",
                         help="ignore the bundle's calibration: score the raw error in mm (for comparison)")
     parser.add_argument("--method", choices=("dense", "patches"), default="dense",
@@ -66,14 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action="store_true", help="print PROGRESS lines on stderr")
 
 
-def z_map_path(out: Path, z_out: Path | None = None) -> Path:
-    """Where the z-map goes: ``z_out``, else ``<out stem>_z.nii.gz`` beside ``out``
+def z_map_path(out: Path, z_out: Path | None = None, suffix: str = "_z") -> Path:
+    """Where the z-map goes: ``z_out``, else ``<out stem><suffix>.nii.gz`` beside ``out``
     (``errors.nii.gz`` -> ``errors_z.nii.gz``, ``errors.nrrd`` -> ``errors_z.nii.gz``)."""
     if z_out is not None:
         return Path(z_out)
     out = Path(out)
-    stem = next((out.name[: -len(suffix)] for suffix in NIFTI_SUFFIXES if out.name.endswith(suffix)), out.stem)
-    return out.with_name(f"{stem}_z.nii.gz")
+    stem = next((out.name[: -len(known)] for known in NIFTI_SUFFIXES if out.name.endswith(known)), out.stem)
+    return out.with_name(f"{stem}{suffix}.nii.gz")
+
+
+def position_z_map_path(out: Path, position_z_out: Path | None = None) -> Path:
+    """Where the position error's own z-map goes (bundles with an anomaly map):
+    ``position_z_out``, else ``<out stem>_position_z.nii.gz`` beside ``out``."""
+    return z_map_path(out, position_z_out, "_position_z")
 
 
 def _progress(fraction: float, message: str) -> None:
@@ -94,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         check_dicom_input(args.input)
         dicom_paths = dicom_result_paths(args.dicom_out)
     # Before any work: outputs writable, none of them the input, --out and the z-map not one file.
-    check_outputs([args.out, z_map_path(args.out, args.z_out)], inputs=[args.input])
+    check_outputs([args.out, z_map_path(args.out, args.z_out), position_z_map_path(args.out, args.position_z_out)],
+                  inputs=[args.input])
     if dicom_paths:
         check_outputs(dicom_paths, inputs=[args.input], suffixes=None)  # not into the series' own folder
     started = time.perf_counter()
@@ -113,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
     if result.z_map_input is not None:
         z_path = z_map_path(args.out, args.z_out)
         write_image(result.z_map_input, z_path)
+    position_path = None
+    if result.position_z_map_input is not None:
+        position_path = position_z_map_path(args.out, args.position_z_out)
+        write_image(result.position_z_map_input, position_path)
     if dicom_paths:
         from ppr.workflows.dicom_results import write_detection_dicom
 
@@ -141,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
         "registration_note": result.registration.note,
         "output": str(args.out.resolve()),
         "z_map": None if z_path is None else str(z_path.resolve()),
+        "shown_map": result.shown_map,
+        "position_z_map": None if position_path is None else str(position_path.resolve()),
+        "position_overlay_threshold": result.position_overlay_threshold_z,
         "dicom": [str(path.resolve()) for path in dicom_paths] if args.dicom_out is not None else None,
         "model": str(args.model),
         "reliability": None if result.reliability is None else result.reliability.to_json_dict(),
@@ -166,7 +187,10 @@ def _summary_line(args: argparse.Namespace, result, report: dict) -> str:
     regions = ", ".join(f"{name} {unit(value)}" for name, value in result.regions.items())
     line = f"wrote {args.out}: max error {error(result.error_mm['max'])}, p99 {error(result.error_mm['p99'])}"
     if report["z_map"] is not None:
-        line += f"; z-map {report['z_map']}: max {_z(result.z['max'])} (threshold {_z(result.overlay_threshold_z)})"
+        shown = "anomaly map" if result.shown_map == "anomaly" else "z-map"
+        line += f"; {shown} {report['z_map']}: max {_z(result.z['max'])} (threshold {_z(result.overlay_threshold_z)})"
+    if report["position_z_map"] is not None:
+        line += f"; position z-map {report['position_z_map']}"
     if result.reliability is not None:
         check = result.reliability
         line += (f"; brain median z {_plain(check.brain_median_z)} (healthy scans "

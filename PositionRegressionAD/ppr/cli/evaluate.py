@@ -93,6 +93,17 @@ def print_summary(summary: dict) -> None:
         voxel = summary["voxel"]
         print(f"  voxels: AP {_format(summary['voxel_ap'])}, best Dice {_format(summary['best_dice'])} "
               f"over {voxel['n_cases']} cases ({voxel['n_positive']} of {voxel['n_voxels']} voxels anomalous)")
+    localisation = summary.get("localisation")
+    if localisation is not None:
+        print(f"  localisation on {localisation['n_cases']} lesion cases (input grid): voxel AP / best Dice / "
+              "top 1 % touches the lesion")
+        for kind, figures in localisation["maps"].items():
+            cells = "; ".join(f"{region}: {_format(figures[region]['voxel_ap'])} / {_format(figures[region]['best_dice'])}"
+                              f" / {figures[region]['top1_touches']} of {localisation['n_cases']}"
+                              for region in ("head", "brain and skull"))
+            healthy = figures["healthy_flagged_mean"]
+            above = "" if healthy is None else f"; healthy brain and skull above its threshold {100 * healthy:.2f} %"
+            print(f"    {kind:10s} {cells} (threshold z {figures['threshold']:.2f}{above})")
     flagged = summary.get("healthy_flagged_fraction")
     if flagged is not None:
         print(f"  healthy cases: {100 * flagged['mean']:.2f} % of brain and skull at or above the overlay "
@@ -126,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     )
     detector = BundleDetector(bundle, stride=args.stride, device=args.device, post_filter=args.post_filter)
     summary = evaluate(cases, detector, bundle.region_masks, args.out, config, bundle.calibration,
-                       _progress if args.progress else None, mood_dir=args.mood)
+                       _progress if args.progress else None, mood_dir=args.mood,
+                       intensity_atlas=getattr(bundle, "intensity_atlas", None))
     print_summary(summary)
     print(f"written to {args.out}")
     if args.json:

@@ -53,6 +53,7 @@ CONFIG = "config.json"
 REFERENCE = "reference.nii.gz"
 CHECKSUMS = "checksums.json"
 CALIBRATION = "calibration.npz"
+INTENSITY_ATLAS = "intensity_atlas.npz"
 REQUIRED_FILES = (WEIGHTS, CONFIG, REFERENCE)
 # The unit of each method's error map: PPR's position error is in mm, the AE's residual is in
 # the preprocessed intensity scale [0, 1].
@@ -70,6 +71,9 @@ class ModelBundle:
     reference: the reference head in model space (float32 HU), the fixed image of registration.
     info: the whole config.json (training summary, versions, date).
     calibration: ``ppr.statistics.calibration.Calibration`` when calibration.npz is present, else None.
+    intensity_atlas: the healthy density per place (``ppr.statistics.intensity_atlas``, a Calibration
+        of unit "intensity") when intensity_atlas.npz is present, else None; with a calibration it
+        makes the shown anomaly map (``ppr.workflows.detection``).
     """
 
     network: PPRNet | AutoEncoder3D
@@ -79,6 +83,7 @@ class ModelBundle:
     path: Path | None = None
     checksum: str = ""
     calibration: Any = None
+    intensity_atlas: Any = None
 
     @property
     def method(self) -> str:
@@ -281,9 +286,10 @@ def _load_folder(folder: Path, shown: Path) -> ModelBundle:
         raise BundleError(f"The weights of the model bundle {shown} do not fit the network its config.json "
                           f"describes ({str(error).splitlines()[0]}): train or download the bundle again.") from None
     reference = _read_reference(folder, preprocess, shown)
-    calibration = _read_calibration(folder, shown) if CALIBRATION in checksums else None
+    calibration = _read_calibration(folder / CALIBRATION) if CALIBRATION in checksums else None
+    atlas = _read_calibration(folder / INTENSITY_ATLAS) if INTENSITY_ATLAS in checksums else None
     digest = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
-    return ModelBundle(network.eval(), preprocess, reference, info, shown, digest, calibration)
+    return ModelBundle(network.eval(), preprocess, reference, info, shown, digest, calibration, atlas)
 
 
 def _verified_checksums(folder: Path, shown: Path) -> dict[str, str]:
@@ -300,9 +306,10 @@ def _verified_checksums(folder: Path, shown: Path) -> dict[str, str]:
         if name not in checksums:
             raise BundleError(f"The model bundle {shown} does not list {name} in {CHECKSUMS}: it is "
                               "incomplete; copy or train it again.")
-    if (folder / CALIBRATION).exists() and CALIBRATION not in checksums:
-        raise BundleError(f"The model bundle {shown} holds a {CALIBRATION} that its {CHECKSUMS} does not "
-                          "list: run `python -m ppr calibrate` again, or delete the calibration file.")
+    for name in (CALIBRATION, INTENSITY_ATLAS):
+        if (folder / name).exists() and name not in checksums:
+            raise BundleError(f"The model bundle {shown} holds a {name} that its {CHECKSUMS} does not "
+                              "list: run `python -m ppr calibrate` again, or delete that file.")
     for name, expected in checksums.items():
         file = folder / name
         if not file.is_file():
@@ -341,8 +348,9 @@ def _read_reference(folder: Path, preprocess: PreprocessConfig, shown: Path) -> 
     return reference
 
 
-def _read_calibration(folder: Path, shown: Path) -> Any:
+def _read_calibration(path: Path) -> Any:
+    """calibration.npz or intensity_atlas.npz (the same format)."""
     from ppr.statistics.calibration import load_calibration  # here: SciPy, which a bare GPU machine (bench) may lack
 
-    return load_calibration(folder / CALIBRATION)
+    return load_calibration(path)
 

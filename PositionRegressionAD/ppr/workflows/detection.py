@@ -14,6 +14,14 @@ the error, and places the most anomalous point at the highest z inside brain and
 (``ppr.statistics.scores.focus_mask``). Without calibration the region scores and the most anomalous point
 come from the error in mm, as before calibration existed.
 
+With a calibrated bundle that also carries an intensity atlas (``bundle.intensity_atlas``,
+``ppr.statistics.intensity_atlas``), the shown map (``z_map_*``, the overlay, the most anomalous point,
+the candidates downstream) is the anomaly map: the scan's density against healthy heads at the same
+place, raised where the position error is unusual too; its threshold is the atlas's. The position
+z-map stays available as its own map (``position_z_map_*``, "PPR position error") and the region
+scores and the out-of-depth check stay on it: it carries the patient-level signal, the anomaly map
+the localisation (the model card's figures).
+
 Only the measured head counts (``ppr.image.field_of_view``: this scan's head mask less the places whose
 network context reaches a cut of its field of view, where the scanned box cuts through the head):
 the region scores, the summaries, the most anomalous point and the out-of-depth check
@@ -44,6 +52,7 @@ from ppr.image.registration import RegistrationResult
 from ppr.networks.autoencoder import POST_FILTERS, residual_map
 from ppr.networks.inference import InferenceOptions, error_map, resolve_device
 from ppr.statistics.calibration import measured_on_grid
+from ppr.statistics.intensity_atlas import anomaly_map, intensity_z_map
 from ppr.statistics.reliability import Reliability, assess
 from ppr.statistics.scores import BRAIN_REGIONS, ScoreOptions, error_summary, focus_mask, head_z_map, region_scores
 from ppr.workflows.bundle import ModelBundle
@@ -93,7 +102,11 @@ class DetectionResult:
     view (``ppr.image.field_of_view``), where scores, summaries and z look; reliability: the
     out-of-depth check (``ppr.statistics.reliability``), None without calibration;
     brain_shift_hu: HU added to the scan so that its brain's median matches the reference's
-    (``ppr.image.preprocess``; how far this scanner's calibration is from the training data's)."""
+    (``ppr.image.preprocess``; how far this scanner's calibration is from the training data's).
+    position_z_map_model / position_z_map_input: the position error's z-map ("PPR position error")
+    when the shown z-map is the anomaly map (bundle with an intensity atlas), else None (the shown
+    z-map is the position z-map itself); position_overlay_threshold_z: its threshold.
+    volume_model: the scan in model space (normalised intensity), as the network saw it."""
 
     error_map_model: sitk.Image
     error_map_input: sitk.Image
@@ -113,6 +126,18 @@ class DetectionResult:
     brain_shift_hu: float = 0.0
     measured_mask_model: sitk.Image | None = None
     reliability: Reliability | None = None
+    position_z_map_model: sitk.Image | None = None
+    position_z_map_input: sitk.Image | None = None
+    position_overlay_threshold_z: float | None = None
+    volume_model: sitk.Image | None = None
+
+    @property
+    def shown_map(self) -> str:
+        """What z_map_* holds: "anomaly" (intensity against the atlas, raised by the position z),
+        "position z" (calibrated, no atlas) or "none" (not calibrated)."""
+        if self.z_map_model is None:
+            return "none"
+        return "anomaly" if self.position_z_map_model is not None else "position z"
 
     @property
     def score_map(self) -> str:
@@ -166,7 +191,8 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     error_input = _on_input_grid(error_model, model.registration, image)
     seconds["to_input_space"] = time.perf_counter() - started
 
-    z_model = z_input = reliability = None
+    z_model = z_input = reliability = position_model = position_input = None
+    shown_threshold = None if calibration is None else float(calibration.overlay_threshold_z)
     if calibration is not None:
         report(0.88, "computing the z-map")
         started = time.perf_counter()
@@ -180,6 +206,17 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
         reliability = assess(z_values, brain & calibrated, focus_mask(bundle.region_masks, head) & calibrated,
                              calibration, measured=not fully_cut)
         seconds["z_map"] = time.perf_counter() - started
+        shown_values = z_values
+        if bundle.intensity_atlas is not None and bundle.method == "ppr":
+            report(0.9, "computing the anomaly map")
+            started = time.perf_counter()
+            density_z = intensity_z_map(volume, head, bundle.intensity_atlas)
+            shown_values = anomaly_map(density_z, z_values, float(calibration.overlay_threshold_z))
+            position_model, position_input = z_model, z_input
+            z_model = _model_image(shown_values, model.volume)
+            z_input = _on_input_grid(z_model, model.registration, image)
+            shown_threshold = float(bundle.intensity_atlas.overlay_threshold_z)
+            seconds["anomaly_map"] = time.perf_counter() - started
 
     report(0.92, "scoring regions")
     started = time.perf_counter()
@@ -197,10 +234,13 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     return DetectionResult(
         error_model, error_input, model.head_mask, model.registration, regions, summary, point, seconds,
         str(device), options, z_map_model=z_model, z_map_input=z_input,
-        z=None if z_model is None else error_summary(z_values, head),
-        overlay_threshold_z=None if calibration is None else float(calibration.overlay_threshold_z),
+        z=None if z_model is None else error_summary(shown_values, head),
+        overlay_threshold_z=shown_threshold,
         unit=bundle.error_unit, brain_shift_hu=model.brain_shift_hu,
-        measured_mask_model=_model_image(head.astype(np.uint8), model.volume), reliability=reliability)
+        measured_mask_model=_model_image(head.astype(np.uint8), model.volume), reliability=reliability,
+        position_z_map_model=position_model, position_z_map_input=position_input,
+        position_overlay_threshold_z=None if position_model is None else float(calibration.overlay_threshold_z),
+        volume_model=model.volume)
 
 
 def highest_error_point(error_map_input: sitk.Image) -> tuple[float, float, float]:

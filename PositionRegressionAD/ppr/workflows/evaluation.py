@@ -33,6 +33,7 @@ from ppr.errors import InputImageError, OutputFileError, PPRError
 from ppr.image.geometry import to_input_space
 from ppr.image.imageio import file_digest, image_case_name, read_image, write_atomically, write_image, write_text
 from ppr.statistics.calibration import Aggregation, Calibration, z_map
+from ppr.statistics.intensity_atlas import anomaly_map, intensity_z_map
 from ppr.statistics.metrics import (
     DEFAULT_BINS, ScoreHistogram, average_precision, bootstrap_ci, none_if_nan, roc_auc, roc_curve_points,
 )
@@ -130,11 +131,14 @@ class CaseMaps:
         autoencoder's residual map in intensity travels here too).
     head_mask: model space, uint8, same grid.
     transform: maps model-space points to input-space points (``RegistrationResult.transform``).
+    volume: the scan in model space (normalised intensity), for the anomaly map of a bundle with an
+        intensity atlas; None from detectors that do not give it (then no anomaly map is evaluated).
     """
 
     error_map_mm: sitk.Image
     head_mask: sitk.Image
     transform: sitk.Transform
+    volume: sitk.Image | None = None
 
 
 class Detector(Protocol):
@@ -158,30 +162,34 @@ class MapCache:
     def key(self, image_path: Path, detector_key: str) -> str:
         return hashlib.sha256(f"{file_digest(image_path)}|{detector_key}".encode()).hexdigest()[:32]
 
-    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+    def _paths(self, key: str) -> tuple[Path, Path, Path, Path]:
         return (
             self.folder / f"{key}_error_mm.mha",
             self.folder / f"{key}_head_mask.mha",
             self.folder / f"{key}_transform.tfm",
+            self.folder / f"{key}_volume.mha",
         )
 
     def load(self, key: str) -> CaseMaps | None:
-        error_path, mask_path, transform_path = self._paths(key)
+        error_path, mask_path, transform_path, volume_path = self._paths(key)
         if not (error_path.is_file() and mask_path.is_file() and transform_path.is_file()):
             return None
         try:
             return CaseMaps(
-                sitk.ReadImage(str(error_path)), sitk.ReadImage(str(mask_path)), sitk.ReadTransform(str(transform_path))
+                sitk.ReadImage(str(error_path)), sitk.ReadImage(str(mask_path)), sitk.ReadTransform(str(transform_path)),
+                sitk.ReadImage(str(volume_path)) if volume_path.is_file() else None,
             )
         except RuntimeError:
             return None  # a cache entry cut short by an interrupted run: detect again
 
     def save(self, key: str, maps: CaseMaps) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        error_path, mask_path, transform_path = self._paths(key)
-        # each file whole or not at all (ppr.image.imageio), the transform last: load() needs all three
+        error_path, mask_path, transform_path, volume_path = self._paths(key)
+        # each file whole or not at all (ppr.image.imageio), the transform last: load() needs the first three
         write_image(sitk.Cast(maps.error_map_mm, sitk.sitkFloat32), error_path)
         write_image(sitk.Cast(maps.head_mask, sitk.sitkUInt8), mask_path)
+        if maps.volume is not None:
+            write_image(sitk.Cast(maps.volume, sitk.sitkFloat32), volume_path)
         write_atomically(transform_path, lambda temporary: sitk.WriteTransform(maps.transform, str(temporary)))
 
 
@@ -216,7 +224,8 @@ class BundleDetector:
 
     def __call__(self, image: sitk.Image) -> CaseMaps:
         result = detect(image, self.bundle, self.options)
-        return CaseMaps(result.error_map_model, result.head_mask_model, result.registration.transform)
+        return CaseMaps(result.error_map_model, result.head_mask_model, result.registration.transform,
+                        result.volume_model)
 
 
 # ----------------------------------------------------------------------------- the evaluation run
@@ -297,10 +306,11 @@ def score_map(maps: CaseMaps, kind: str, calibration: Calibration | None) -> np.
     return z_map(error, calibration)
 
 
-def _detect_or_load(case: Case, detector: Detector, cache: MapCache) -> tuple[CaseMaps, bool]:
+def _detect_or_load(case: Case, detector: Detector, cache: MapCache, need_volume: bool = False
+                    ) -> tuple[CaseMaps, bool]:
     key = cache.key(case.image_path, detector.cache_key)
     maps = cache.load(key)
-    if maps is not None:
+    if maps is not None and (maps.volume is not None or not need_volume):  # caches from before volumes: detect again
         return maps, True
     maps = detector(read_image(case.image_path))
     cache.save(key, maps)
@@ -446,6 +456,95 @@ def input_space_pass(
     return histogram
 
 
+LOCALISATION_REGIONS = ("head", "brain and skull")
+
+
+def localisation_pass(
+    results: Sequence[CaseResult],
+    cache: MapCache,
+    detector: Detector,
+    region_masks: Mapping[str, np.ndarray],
+    calibration: Calibration,
+    intensity_atlas: Calibration | None = None,
+    bins: int = DEFAULT_BINS,
+) -> dict[str, Any] | None:
+    """Where the shown map points, on the cases with a lesion mask, in input space: per map (the
+    position z-map, and the anomaly map when there is an intensity atlas) and per region (this scan's
+    head; the reference's brain and skull inside it), the voxel average precision, the best Dice
+    over thresholds and in how many cases the top 1 % of the map's voxels in that region touches
+    the lesion (at least one lesion voxel among them); and per map its overlay threshold and the
+    fraction of the healthy cases' brain and skull (model space) at or above it. None without
+    lesion masks.
+
+    The maps go model space -> input space linearly (0 outside the model grid, as detection writes
+    them), the regions by nearest neighbour."""
+    lesion_cases = [r for r in results if r.scored and r.case.mask_path is not None]
+    if not lesion_cases:
+        return None
+    kinds = ["position z"] + (["anomaly"] if intensity_atlas is not None else [])
+    thresholds = {"position z": float(calibration.overlay_threshold_z)}
+    if intensity_atlas is not None:
+        thresholds["anomaly"] = float(intensity_atlas.overlay_threshold_z)
+
+    def model_space_maps(maps: CaseMaps) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        head = sitk.GetArrayFromImage(maps.head_mask) > 0
+        position = np.where(head, z_map(sitk.GetArrayFromImage(maps.error_map_mm), calibration), 0.0).astype(np.float32)
+        found = {"position z": position}
+        if intensity_atlas is not None:
+            density_z = intensity_z_map(sitk.GetArrayFromImage(maps.volume), head, intensity_atlas)
+            found["anomaly"] = anomaly_map(density_z, position, thresholds["position z"])
+        return found, head
+
+    healthy_flagged: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    for result in results:
+        if result.scored and result.case.anomalous == 0:
+            maps, _ = _detect_or_load(result.case, detector, cache, need_volume=intensity_atlas is not None)
+            model_maps, head = model_space_maps(maps)
+            focus = focus_mask(region_masks, head)
+            for kind in kinds:
+                healthy_flagged[kind][result.case.name] = float(np.mean(model_maps[kind][focus] >= thresholds[kind]))
+    per_case = []
+    for result in lesion_cases:
+        maps, _ = _detect_or_load(result.case, detector, cache, need_volume=intensity_atlas is not None)
+        model_maps, head = model_space_maps(maps)
+        input_image = read_image(result.case.image_path)
+        lesion = _mask_in_input_space(result.case, input_image)
+        regions = {"head": head, "brain and skull": focus_mask(region_masks, head)}
+        on_input = {name: _on_input_grid(values, maps, input_image, sitk.sitkLinear) for name, values in model_maps.items()}
+        inside = {name: _on_input_grid(mask.astype(np.float32), maps, input_image, sitk.sitkNearestNeighbor) > 0.5
+                  for name, mask in regions.items()}
+        per_case.append((on_input, inside, lesion))
+    summary: dict[str, Any] = {"n_cases": len(per_case), "space": "input", "maps": {}}
+    for kind in kinds:
+        low = min(float(maps_[kind].min()) for maps_, _, _ in per_case)
+        high = max(float(maps_[kind].max()) for maps_, _, _ in per_case)
+        summary["maps"][kind] = {}
+        for region in LOCALISATION_REGIONS:
+            histogram = ScoreHistogram(low, high, bins)
+            touches = 0
+            for maps_, inside, lesion in per_case:
+                values, where = maps_[kind][inside[region]], lesion[inside[region]]
+                if not values.size:
+                    continue
+                histogram.add(values, where)
+                touches += bool(where[values >= np.percentile(values, 99.0)].any())
+            dice, _ = histogram.best_dice()
+            summary["maps"][kind][region] = {"voxel_ap": none_if_nan(histogram.average_precision()),
+                                             "best_dice": none_if_nan(dice), "top1_touches": touches}
+        flagged = healthy_flagged[kind]
+        summary["maps"][kind]["threshold"] = thresholds[kind]
+        summary["maps"][kind]["healthy_flagged_mean"] = float(np.mean(list(flagged.values()))) if flagged else None
+        summary["maps"][kind]["healthy_flagged"] = flagged
+    return summary
+
+
+def _on_input_grid(values: np.ndarray, maps: CaseMaps, input_image: sitk.Image, interpolator: int) -> np.ndarray:
+    """A model-space array (z, y, x) on the input's grid (0 outside the model grid)."""
+    image = sitk.GetImageFromArray(np.asarray(values, dtype=np.float32))
+    image.CopyInformation(maps.error_map_mm)
+    return sitk.GetArrayFromImage(to_input_space(image, maps.transform, input_image, 0.0, interpolator))
+
+
 def mood_normalisation(kind: str, calibration: Calibration | None) -> MoodNormalisation:
     """The fixed [0, 1] map of this model's scores: z around the overlay threshold, mm around
     the healthy median error of the calibration (or the default scale without one); an autoencoder
@@ -468,6 +567,7 @@ def evaluate(
     progress: ProgressFn | None = None,
     mood_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    intensity_atlas: Calibration | None = None,
 ) -> dict[str, Any]:
     """Score every case, compute patient- and voxel-level metrics, write the outputs, return the summary.
 
@@ -479,6 +579,8 @@ def evaluate(
     and ``cache/`` (model-space maps, reused by the next run with the same model and options; or
     ``cache_dir``, e.g. one cache shared by two score maps of one model);
     with ``mood_dir`` also every case's MOOD challenge files (pixel NIfTI and sample text).
+    With the z score map and cases with lesion masks, ``localisation`` (``localisation_pass``): the
+    position z-map and, with ``intensity_atlas``, the anomaly map side by side.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -506,6 +608,10 @@ def evaluate(
     mood_dir = Path(mood_dir) if mood_dir is not None else None
     histogram = input_space_pass(results, cache, detector, config, calibration, mood_dir)
     summary.update(_voxel_summary(histogram, results, config))
+    summary["localisation"] = None
+    if config.score_map == "z" and calibration is not None:
+        summary["localisation"] = localisation_pass(results, cache, detector, region_masks, calibration,
+                                                    intensity_atlas, config.bins)
     summary["roc_curves"] = write_roc_curves(results, out_dir, summary["auroc_ci95"])
     summary["mood_dir"] = None if mood_dir is None else str(mood_dir)
     write_case_scores(results, out_dir / "cases.csv", "intensity" if config.score_map == "intensity" else "mm")
