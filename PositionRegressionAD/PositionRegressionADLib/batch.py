@@ -1,7 +1,7 @@
 """Detect anomalies in many head CTs from the command line, without the Slicer desktop.
 
     python -m PositionRegressionADLib.batch --input DIR_OR_FILES... --output DIR [--model BUNDLE]
-        [--device auto|cuda|cpu] [--stride K] [--screenshots] [--scene] [--format standard|mood]
+        [--device auto|cuda|cpu] [--stride K] [--screenshots] [--scene] [--format standard|mood|dicom]
         [--engine serial|ray [--address ADDRESS] [--workers N]]
 
 or inside Slicer: ``Slicer --no-main-window --python-script <module dir>/batch.py -- <same arguments>``.
@@ -14,7 +14,11 @@ out-of-depth check: "Scores reliable", "Brain median z" and "Warning", the detec
 the scan's total seconds, status; a scan whose scores are not reliable also gets its warning on the
 progress output). With ``--format mood`` also ``OUTPUT/mood/``: the MOOD challenge's
 files per scan (``ppr.workflows.mood``: voxel scores in [0, 1] on the input's grid and a ``.txt`` sample
-score), from the z-map of a calibrated model, else from the error map. A scan that fails gets its
+score), from the z-map of a calibrated model, else from the error map. With ``--format dicom``, for a
+scan that is a DICOM series folder, also ``OUTPUT/<scan>/dicom/``: a Parametric Map of the shown map,
+a Segmentation of the anomaly candidates and a TID 1500 report of the region scores, referencing the
+series (``ppr.workflows.dicom_results``; their paths in the row's "DICOM"); a scan read from a file
+gets every other file and an "ok" row whose Reason says why it has no DICOM. A scan that fails gets its
 reason in its row and the batch goes on; what an earlier run wrote for that scan is removed (the row
 says so), so no stale map sits beside a "failed" row. Files in an input folder that are no scan, and
 label maps named ``*mask*``, ``*label*`` or ``*seg*`` (skipped as training skips them), get a
@@ -81,15 +85,21 @@ from ppr.image.imageio import (
 SCORES_FILE_NAME = "scores.csv"
 LOCK_FILE_NAME = ".ppr-batch.lock"
 MOOD_FOLDER_NAME = "mood"
-FORMATS = ("standard", "mood")
+FORMATS = ("standard", "mood", "dicom")
+DICOM_FOLDER_NAME = "dicom"
+DICOM_COLUMN = "DICOM"
+DICOM_SEPARATOR = "; "  # between the DICOM files' paths in the row's DICOM column
 FIRST_COLUMNS = ["Scan", "Status", "Reason"]
 # "Engine" (serial or ray) and "Worker" (host:process id) say what ran the scan.
-LAST_COLUMNS = ["Total seconds", "Engine", "Worker", "Error map", "z-map", "Skull surface", "Input", "Input digest",
-                "Run settings"]
+LAST_COLUMNS = ["Total seconds", "Engine", "Worker", "Error map", "z-map", "Skull surface", DICOM_COLUMN, "Input",
+                "Input digest", "Run settings"]
 KEPT = "kept from an earlier run of the same scan with the same settings (its files checked)"
 # The sample-level MOOD score: the whole head's region score, in the unit of the pixel scores.
 MOOD_SAMPLE_REGION = "head"
 ENGINES = ("serial", "ray")
+# The Reason of an "ok" row of a scan read from a file in a --format dicom batch (its other files are written).
+NO_DICOM_INPUT = ("no DICOM files: DICOM output needs a DICOM input (a folder holding the series), and this "
+                  "scan was read from a file; its maps, surface and scores are written")
 RAY_REQUIREMENT = "ray==2.60.0"
 
 
@@ -114,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ignore the model's calibration: scores and pictures from the error in mm (to compare)")
     parser.add_argument("--format", choices=FORMATS, default="standard",
                         help="mood: also write the MOOD challenge files (voxel scores in [0, 1], one .txt sample "
-                             f"score per scan) into OUTPUT/{MOOD_FOLDER_NAME}/")
+                             f"score per scan) into OUTPUT/{MOOD_FOLDER_NAME}/; dicom: for a scan that is a DICOM "
+                             "series folder also write a Parametric Map of the shown map, a Segmentation of the "
+                             "anomaly candidates and a TID 1500 SR of the region scores, referencing the series, "
+                             f"into OUTPUT/<scan>/{DICOM_FOLDER_NAME}/ (a scan from a file gets its other files and "
+                             "a row that says why it has no DICOM)")
     parser.add_argument("--bone-threshold", type=float, default=None,
                         help="input intensity of the skull surface (default: chosen from the scan)")
     parser.add_argument("--screenshots", action="store_true", help="write slice and surface PNGs per scan")
@@ -253,7 +267,8 @@ class TerminalProgress:
 class BatchSettings:
     """What to compute and write for every scan.
 
-    output_format: "standard", or "mood" to also write the MOOD challenge files (``write_mood``).
+    output_format: "standard", "mood" to also write the MOOD challenge files (``write_mood``), or "dicom"
+        to also write DICOM results for scans read from a DICOM series (``write_dicom``).
     python_command, launcher: how the detector is started (see ``DetectionLogic``); tests swap them.
     """
 
@@ -296,6 +311,15 @@ def write_scan_outputs(context: SceneContext, volume, results: DetectionResults,
     if settings.output_format == "mood":
         write_mood(path, results, row["z-map"] if results.z_map is not None else row["Error map"],
                    settings.output_dir / MOOD_FOLDER_NAME)
+    dicom_dir = out_dir / DICOM_FOLDER_NAME
+    if settings.output_format == "dicom" and holds_dicom_series(path):
+        shown = row["z-map"] if results.displayed_map_kind == "z" else row["Error map"]
+        row[DICOM_COLUMN] = DICOM_SEPARATOR.join(str(p) for p in write_dicom(path, results, shown, settings, dicom_dir))
+    else:
+        # No DICOM for this run (another format, or a scan from a file): none of an earlier run stays beside it.
+        shutil.rmtree(dicom_dir, ignore_errors=True)
+        if settings.output_format == "dicom":
+            row.update({DICOM_COLUMN: "", "Reason": NO_DICOM_INPUT})
     if settings.screenshots:
         from PositionRegressionADLib.rendering import render_slices, render_surface
 
@@ -321,7 +345,7 @@ def detect_scan(path: Path, name: str, settings: BatchSettings, digest: str, key
     started = time.monotonic()
     try:
         row = process_scan(path, settings, on_progress or (lambda update: None), name)
-        row.update({"Scan": name, "Status": "ok", "Reason": ""})
+        row.update({"Scan": name, "Status": "ok", "Reason": row.get("Reason", "")})  # a note (no DICOM) stays
     except PPRError as error:
         row = {"Scan": name, "Status": "failed", "Reason": str(error)}
     except Exception as error:  # an unexpected failure of one scan must not stop the others
@@ -336,8 +360,11 @@ def detect_scan(path: Path, name: str, settings: BatchSettings, digest: str, key
 
 
 def done_status(row: dict[str, object]) -> str:
-    """What the progress output says when a scan is done: ok or why it failed, and its warning."""
-    status = row["Status"] if row["Status"] == "ok" else f"failed: {row['Reason']}"
+    """What the progress output says when a scan is done: ok (with its note) or why it failed, and its warning."""
+    if row["Status"] == "ok":
+        status = f"ok ({row['Reason']})" if row.get("Reason") else "ok"
+    else:
+        status = f"failed: {row['Reason']}"
     return f"{status}. {row[WARNING_COLUMN]}" if row.get(WARNING_COLUMN) else status
 
 
@@ -377,6 +404,32 @@ def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: 
     # The map went through a NIfTI written by Slicer (float32 geometry): give it the scan's exact one.
     score_map.CopyInformation(source)
     write_mood_outputs(score_map, score, mood_dir, mood_case_name(scan), mood_normalisation(results))
+
+
+def write_dicom(scan: Path, results: DetectionResults, map_path: Path, settings: BatchSettings,
+                dicom_dir: Path) -> list[Path]:
+    """The scan's DICOM results (``ppr.workflows.dicom_results``), referencing its series: the shown map
+    (``map_path``, the z-map or error map as written, values exactly the NIfTI's) as a Parametric Map,
+    its anomaly candidates (the module's: same threshold, minimum volume and count) as a Segmentation,
+    and the region scores as a TID 1500 report. Each file whole or not at all."""
+    from ppr.image.geometry import Grid
+    from ppr.workflows.dicom_results import ShownMap, candidates_image, write_dicom_results
+
+    source = read_image(scan)
+    shown_map = sitk.ReadImage(str(map_path), sitk.sitkFloat32)
+    if not Grid.of(source).matches(shown_map, tolerance_mm=0.01):
+        raise PPRError(f"The map of {scan.name} is not on the series' grid, so no DICOM file was written.")
+    # The map went through a NIfTI written by Slicer (float32 geometry): give it the series' exact one.
+    shown_map.CopyInformation(source)
+    error_unit = error_unit_of(results.scores)  # mm (PPR) or intensity (autoencoder)
+    shown = ShownMap(shown_map, "z" if results.displayed_map_kind == "z" else error_unit, results.overlay_threshold)
+    display = settings.options.display
+    scores = table_row(results.scores)
+    regions = {region: scores.get(label) for region, label in REGION_LABELS.items() if label in scores}
+    return write_dicom_results(scan, dicom_dir, shown.image, shown.unit,
+                               candidates_image(shown, display.min_candidate_volume_mm3, display.max_candidates),
+                               regions, threshold=shown.threshold, aggregate=str(scores.get("Region score") or "p99"),
+                               score_unit="z" if results.score_map == "z" else error_unit)
 
 
 def write_scores(path: Path, rows: list[dict[str, object]]) -> None:
@@ -531,6 +584,17 @@ def kept_row(previous: dict[str, str] | None, digest: str, key: str, settings: B
             files += [settings.output_dir / MOOD_FOLDER_NAME / n for n in mood_file_names(mood_case_name(scan))]
         except ValueError:
             return None
+    note = ""
+    if settings.output_format == "dicom":
+        if holds_dicom_series(scan):
+            from ppr.workflows.dicom_results import dicom_result_paths
+
+            dicom = dicom_result_paths(folder / DICOM_FOLDER_NAME)
+            if previous.get(DICOM_COLUMN) != DICOM_SEPARATOR.join(str(path) for path in dicom):
+                return None
+            files += dicom
+        else:
+            note = f"; {NO_DICOM_INPUT}"
     if not all(path.is_file() and path.stat().st_size > 0 for path in files + maps):
         return None
     try:
@@ -538,7 +602,7 @@ def kept_row(previous: dict[str, str] | None, digest: str, key: str, settings: B
             read_image(path)  # refuses a map cut short
     except PPRError:
         return None
-    return {**previous, "Scan": name, "Reason": KEPT}
+    return {**previous, "Scan": name, "Reason": KEPT + note}
 
 
 def _run_batch(scans: list[Path], settings: BatchSettings, stream: TextIO,
@@ -638,6 +702,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"`{Path(sys.executable).name} -m pip install {RAY_REQUIREMENT}` (in the project "
                   f"environment: .venv/bin/pip install {RAY_REQUIREMENT}), or use --engine serial.",
                   file=sys.stderr)
+            return 2
+    if args.format == "dicom":
+        try:  # before any scan: without it every DICOM scan would fail the same way
+            import highdicom  # noqa: F401
+        except ImportError as error:
+            print(f"error: --format dicom needs highdicom, which is not installed here ({error}): install it "
+                  f"with `{Path(sys.executable).name} -m pip install highdicom==0.28.2`.", file=sys.stderr)
             return 2
     try:
         model = check_model_path(args.model or default_model_path())
