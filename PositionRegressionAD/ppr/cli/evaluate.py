@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     detector = BundleDetector(bundle, stride=args.stride, device=args.device, post_filter=args.post_filter)
     summary = evaluate(cases, detector, bundle.region_masks, args.out, config, bundle.calibration,
                        _progress if args.progress else None, mood_dir=args.mood,
-                       intensity_atlas=getattr(bundle, "intensity_atlas", None))
+                       intensity_atlas=getattr(bundle, "intensity_atlas", None), preprocess=bundle.preprocess)
     print_summary(summary)
     print(f"written to {args.out}")
     if args.json:

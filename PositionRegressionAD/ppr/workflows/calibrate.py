@@ -35,7 +35,7 @@ from ppr.statistics.calibration import (
     MIN_SCANS, Calibration, CalibrationConfig, fit_calibration_scans, save_calibration,
 )
 from ppr.image.preprocess import to_model_space
-from ppr.statistics.intensity_atlas import fit_intensity_atlas
+from ppr.statistics.intensity_atlas import fit_intensity_atlas, soft_tissue_mask
 from ppr.statistics.scores import BRAIN_REGIONS, focus_mask, head_z_map
 from ppr.workflows.bundle import CALIBRATION, CHECKSUMS, INTENSITY_ATLAS, checksums_text, load_bundle
 from ppr.workflows.detection import DetectOptions, detect
@@ -104,7 +104,7 @@ def calibrate_bundle(
     # The statistics are of the raw error: an existing (maybe other-grid) calibration must not be applied.
     options = DetectOptions(stride=stride, device=device, use_calibration=False)
     volumes: list[np.ndarray] = []
-    heads: list[np.ndarray] = []
+    heads: list[np.ndarray] = []  # each scan's soft tissue (head less bone), where the atlas looks
     error_maps: list[tuple[np.ndarray, np.ndarray]] = []  # (error, measured head) for the held-out position z
 
     def scans() -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -119,7 +119,8 @@ def calibrate_bundle(
                 raise PPRError(f"{image}: this scan could not be processed ({error!r}). "
                                "Leave it out, or check that it is a readable head CT.") from error
             volumes.append(sitk.GetArrayFromImage(result.volume_model))
-            heads.append(sitk.GetArrayFromImage(result.head_mask_model) > 0)
+            heads.append(soft_tissue_mask(sitk.GetArrayViewFromImage(result.windowed_hu_model),
+                                          sitk.GetArrayViewFromImage(result.head_mask_model) > 0, bundle.preprocess))
             # Only the measured head: places whose patch reaches a cut of the field of view are no evidence.
             error_maps.append((sitk.GetArrayFromImage(result.error_map_model),
                                sitk.GetArrayFromImage(result.measured_mask_model) > 0))
@@ -143,7 +144,8 @@ def calibrate_bundle(
             except PPRError as error:
                 raise type(error)(f"{image}: {error}") from None
             volumes.append(sitk.GetArrayFromImage(placed.volume))
-            heads.append(sitk.GetArrayFromImage(placed.head_mask) > 0)
+            heads.append(soft_tissue_mask(sitk.GetArrayViewFromImage(placed.windowed_hu),
+                                          sitk.GetArrayViewFromImage(placed.head_mask) > 0, bundle.preprocess))
         if progress:
             progress(1.0, "fitting the intensity atlas")
         # The anomaly map's threshold needs each calibration scan's position z against the others:

@@ -52,7 +52,7 @@ from ppr.image.registration import RegistrationResult
 from ppr.networks.autoencoder import POST_FILTERS, residual_map
 from ppr.networks.inference import InferenceOptions, error_map, resolve_device
 from ppr.statistics.calibration import measured_on_grid
-from ppr.statistics.intensity_atlas import anomaly_map, intensity_z_map
+from ppr.statistics.intensity_atlas import anomaly_map, intensity_z_map, soft_tissue_mask
 from ppr.statistics.reliability import Reliability, assess
 from ppr.statistics.scores import BRAIN_REGIONS, ScoreOptions, error_summary, focus_mask, head_z_map, region_scores
 from ppr.workflows.bundle import ModelBundle
@@ -106,7 +106,8 @@ class DetectionResult:
     position_z_map_model / position_z_map_input: the position error's z-map ("PPR position error")
     when the shown z-map is the anomaly map (bundle with an intensity atlas), else None (the shown
     z-map is the position z-map itself); position_overlay_threshold_z: its threshold.
-    volume_model: the scan in model space (normalised intensity), as the network saw it."""
+    volume_model: the scan in model space (normalised intensity), as the network saw it;
+    windowed_hu_model: the same in HU clipped to the window (where its bone is)."""
 
     error_map_model: sitk.Image
     error_map_input: sitk.Image
@@ -130,6 +131,7 @@ class DetectionResult:
     position_z_map_input: sitk.Image | None = None
     position_overlay_threshold_z: float | None = None
     volume_model: sitk.Image | None = None
+    windowed_hu_model: sitk.Image | None = None
 
     @property
     def shown_map(self) -> str:
@@ -210,8 +212,10 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
         if bundle.intensity_atlas is not None and bundle.method == "ppr":
             report(0.9, "computing the anomaly map")
             started = time.perf_counter()
-            density_z = intensity_z_map(volume, head, bundle.intensity_atlas)
-            shown_values = anomaly_map(density_z, z_values, float(calibration.overlay_threshold_z))
+            tissue = soft_tissue_mask(sitk.GetArrayViewFromImage(model.windowed_hu), head, bundle.preprocess)
+            density_z = intensity_z_map(volume, tissue, bundle.intensity_atlas)
+            shown_values = anomaly_map(density_z, z_values, float(calibration.overlay_threshold_z),
+                                       focus_mask(bundle.region_masks, head))
             position_model, position_input = z_model, z_input
             z_model = _model_image(shown_values, model.volume)
             z_input = _on_input_grid(z_model, model.registration, image)
@@ -240,7 +244,7 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
         measured_mask_model=_model_image(head.astype(np.uint8), model.volume), reliability=reliability,
         position_z_map_model=position_model, position_z_map_input=position_input,
         position_overlay_threshold_z=None if position_model is None else float(calibration.overlay_threshold_z),
-        volume_model=model.volume)
+        volume_model=model.volume, windowed_hu_model=model.windowed_hu)
 
 
 def highest_error_point(error_map_input: sitk.Image) -> tuple[float, float, float]:

@@ -29,11 +29,12 @@ from typing import Any, Protocol
 import numpy as np
 import SimpleITK as sitk
 
+from ppr.config import PreprocessConfig
 from ppr.errors import InputImageError, OutputFileError, PPRError
 from ppr.image.geometry import to_input_space
 from ppr.image.imageio import file_digest, image_case_name, read_image, write_atomically, write_image, write_text
 from ppr.statistics.calibration import Aggregation, Calibration, z_map
-from ppr.statistics.intensity_atlas import anomaly_map, intensity_z_map
+from ppr.statistics.intensity_atlas import anomaly_map, intensity_z_map, soft_tissue_mask
 from ppr.statistics.metrics import (
     DEFAULT_BINS, ScoreHistogram, average_precision, bootstrap_ci, none_if_nan, roc_auc, roc_curve_points,
 )
@@ -131,14 +132,16 @@ class CaseMaps:
         autoencoder's residual map in intensity travels here too).
     head_mask: model space, uint8, same grid.
     transform: maps model-space points to input-space points (``RegistrationResult.transform``).
-    volume: the scan in model space (normalised intensity), for the anomaly map of a bundle with an
-        intensity atlas; None from detectors that do not give it (then no anomaly map is evaluated).
+    volume, windowed_hu: the scan in model space (normalised intensity; HU clipped to the window),
+        for the anomaly map of a bundle with an intensity atlas; None from detectors that do not
+        give them.
     """
 
     error_map_mm: sitk.Image
     head_mask: sitk.Image
     transform: sitk.Transform
     volume: sitk.Image | None = None
+    windowed_hu: sitk.Image | None = None
 
 
 class Detector(Protocol):
@@ -162,34 +165,37 @@ class MapCache:
     def key(self, image_path: Path, detector_key: str) -> str:
         return hashlib.sha256(f"{file_digest(image_path)}|{detector_key}".encode()).hexdigest()[:32]
 
-    def _paths(self, key: str) -> tuple[Path, Path, Path, Path]:
+    def _paths(self, key: str) -> tuple[Path, Path, Path, Path, Path]:
         return (
             self.folder / f"{key}_error_mm.mha",
             self.folder / f"{key}_head_mask.mha",
             self.folder / f"{key}_transform.tfm",
             self.folder / f"{key}_volume.mha",
+            self.folder / f"{key}_windowed_hu.mha",
         )
 
     def load(self, key: str) -> CaseMaps | None:
-        error_path, mask_path, transform_path, volume_path = self._paths(key)
+        error_path, mask_path, transform_path, volume_path, hu_path = self._paths(key)
         if not (error_path.is_file() and mask_path.is_file() and transform_path.is_file()):
             return None
         try:
             return CaseMaps(
                 sitk.ReadImage(str(error_path)), sitk.ReadImage(str(mask_path)), sitk.ReadTransform(str(transform_path)),
                 sitk.ReadImage(str(volume_path)) if volume_path.is_file() else None,
+                sitk.ReadImage(str(hu_path)) if hu_path.is_file() else None,
             )
         except RuntimeError:
             return None  # a cache entry cut short by an interrupted run: detect again
 
     def save(self, key: str, maps: CaseMaps) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        error_path, mask_path, transform_path, volume_path = self._paths(key)
+        error_path, mask_path, transform_path, volume_path, hu_path = self._paths(key)
         # each file whole or not at all (ppr.image.imageio), the transform last: load() needs the first three
         write_image(sitk.Cast(maps.error_map_mm, sitk.sitkFloat32), error_path)
         write_image(sitk.Cast(maps.head_mask, sitk.sitkUInt8), mask_path)
-        if maps.volume is not None:
+        if maps.volume is not None and maps.windowed_hu is not None:
             write_image(sitk.Cast(maps.volume, sitk.sitkFloat32), volume_path)
+            write_image(sitk.Cast(maps.windowed_hu, sitk.sitkFloat32), hu_path)
         write_atomically(transform_path, lambda temporary: sitk.WriteTransform(maps.transform, str(temporary)))
 
 
@@ -225,7 +231,7 @@ class BundleDetector:
     def __call__(self, image: sitk.Image) -> CaseMaps:
         result = detect(image, self.bundle, self.options)
         return CaseMaps(result.error_map_model, result.head_mask_model, result.registration.transform,
-                        result.volume_model)
+                        result.volume_model, result.windowed_hu_model)
 
 
 # ----------------------------------------------------------------------------- the evaluation run
@@ -310,7 +316,7 @@ def _detect_or_load(case: Case, detector: Detector, cache: MapCache, need_volume
                     ) -> tuple[CaseMaps, bool]:
     key = cache.key(case.image_path, detector.cache_key)
     maps = cache.load(key)
-    if maps is not None and (maps.volume is not None or not need_volume):  # caches from before volumes: detect again
+    if maps is not None and (maps.windowed_hu is not None or not need_volume):  # caches from before volumes: detect again
         return maps, True
     maps = detector(read_image(case.image_path))
     cache.save(key, maps)
@@ -466,6 +472,7 @@ def localisation_pass(
     region_masks: Mapping[str, np.ndarray],
     calibration: Calibration,
     intensity_atlas: Calibration | None = None,
+    preprocess: PreprocessConfig | None = None,
     bins: int = DEFAULT_BINS,
 ) -> dict[str, Any] | None:
     """Where the shown map points, on the cases with a lesion mask, in input space: per map (the
@@ -481,6 +488,8 @@ def localisation_pass(
     lesion_cases = [r for r in results if r.scored and r.case.mask_path is not None]
     if not lesion_cases:
         return None
+    if intensity_atlas is not None and preprocess is None:
+        raise ValueError("the anomaly map needs the bundle's preprocessing (where bone is)")
     kinds = ["position z"] + (["anomaly"] if intensity_atlas is not None else [])
     thresholds = {"position z": float(calibration.overlay_threshold_z)}
     if intensity_atlas is not None:
@@ -491,8 +500,9 @@ def localisation_pass(
         position = np.where(head, z_map(sitk.GetArrayFromImage(maps.error_map_mm), calibration), 0.0).astype(np.float32)
         found = {"position z": position}
         if intensity_atlas is not None:
-            density_z = intensity_z_map(sitk.GetArrayFromImage(maps.volume), head, intensity_atlas)
-            found["anomaly"] = anomaly_map(density_z, position, thresholds["position z"])
+            tissue = soft_tissue_mask(sitk.GetArrayViewFromImage(maps.windowed_hu), head, preprocess)
+            density_z = intensity_z_map(sitk.GetArrayFromImage(maps.volume), tissue, intensity_atlas)
+            found["anomaly"] = anomaly_map(density_z, position, thresholds["position z"], focus_mask(region_masks, head))
         return found, head
 
     healthy_flagged: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
@@ -568,6 +578,7 @@ def evaluate(
     mood_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     intensity_atlas: Calibration | None = None,
+    preprocess: PreprocessConfig | None = None,
 ) -> dict[str, Any]:
     """Score every case, compute patient- and voxel-level metrics, write the outputs, return the summary.
 
@@ -580,7 +591,8 @@ def evaluate(
     ``cache_dir``, e.g. one cache shared by two score maps of one model);
     with ``mood_dir`` also every case's MOOD challenge files (pixel NIfTI and sample text).
     With the z score map and cases with lesion masks, ``localisation`` (``localisation_pass``): the
-    position z-map and, with ``intensity_atlas``, the anomaly map side by side.
+    position z-map and, with ``intensity_atlas`` (and the bundle's ``preprocess``), the anomaly map
+    side by side.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -611,7 +623,7 @@ def evaluate(
     summary["localisation"] = None
     if config.score_map == "z" and calibration is not None:
         summary["localisation"] = localisation_pass(results, cache, detector, region_masks, calibration,
-                                                    intensity_atlas, config.bins)
+                                                    intensity_atlas, preprocess, config.bins)
     summary["roc_curves"] = write_roc_curves(results, out_dir, summary["auroc_ci95"])
     summary["mood_dir"] = None if mood_dir is None else str(mood_dir)
     write_case_scores(results, out_dir / "cases.csv", "intensity" if config.score_map == "intensity" else "mm")
