@@ -16,6 +16,11 @@ does not depend on the weights; ``--model`` uses a bundle's network instead):
 - ``train_patches_per_second``: sampled (batch 256 patches) and dense (one 64^3 crop per step)
   training steps on a 128^3 synthetic volume.
 
+``--detect SCAN`` (with ``--model``) measures the whole detection of a real scan at ``--detect-stride``
+(default 4, the preview), ``detection``: wall and CPU seconds and peak process memory, once with the
+bundle as it is (its shown map: the anomaly map when it carries an intensity atlas) and once with
+the position z-map only (the atlas left out), each after one warm-up, and the ratio of their CPU times.
+
 ``--method ae`` measures the paper's comparison with the autoencoder baseline instead, on the
 same synthetic head at ``--size`` (a multiple of 16), both networks of width ``--m`` with random
 weights (``--model`` does not apply):
@@ -69,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", type=int, default=1, help="ae comparison: PPR dense crops per step")
     parser.add_argument("--volumes-per-step", type=int, default=4, help="ae comparison: AE volumes per step")
     parser.add_argument("--train-steps", type=int, default=2, help="ae comparison: training steps measured")
+    parser.add_argument("--detect", metavar="SCAN", help="with --model: time the whole detection of this scan, "
+                        "with and without the bundle's anomaly map")
+    parser.add_argument("--detect-stride", type=int, choices=(1, 2, 4), default=4, help="stride of --detect (default 4)")
     parser.add_argument("--json", action="store_true", help="print the JSON object only")
 
 
@@ -242,8 +250,37 @@ def ae_comparison(args: argparse.Namespace, device: torch.device) -> dict[str, o
     return report
 
 
+def detection_cost(bundle_path: str, scan: str, stride: int, device: torch.device) -> dict[str, object]:
+    """Whole detection of ``scan``, with the bundle's shown map and with the position z-map only."""
+    import dataclasses  # here: detection brings SimpleITK, which the network figures do not need
+
+    from ppr.image.imageio import read_image
+    from ppr.workflows.bundle import load_bundle
+    from ppr.workflows.detection import DetectOptions, detect
+
+    bundle = load_bundle(bundle_path)
+    image = read_image(scan)
+    options = DetectOptions(stride=stride, device=device.type)
+    figures: dict[str, object] = {"scan": scan, "stride": stride}
+    for name, variant in (("position_z_only", dataclasses.replace(bundle, intensity_atlas=None)),
+                          ("as_shipped", bundle)):
+        detect(image, variant, options)  # warm-up: reference masks, convolution algorithms
+        gc.collect()
+        with peak_memory(device) as memory:
+            started, cpu_started = _synchronised(device), time.process_time()
+            result = detect(image, variant, options)
+            seconds, cpu = _synchronised(device) - started, time.process_time() - cpu_started
+        figures[name] = {"seconds": seconds, "cpu_seconds": cpu, "peak_memory_mb": memory["mb"],
+                         "shown_map": result.shown_map,
+                         "anomaly_map_seconds": result.seconds.get("anomaly_map", 0.0)}
+    figures["cpu_ratio"] = figures["as_shipped"]["cpu_seconds"] / figures["position_z_only"]["cpu_seconds"]
+    return figures
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    if args.detect and not args.model:
+        raise SystemExit("error: --detect needs --model BUNDLE")
     torch.manual_seed(0)
     if args.method == "ae":
         return _print(args, {**_describe(device, args), **ae_comparison(args, device)})
@@ -270,6 +307,8 @@ def run(args: argparse.Namespace) -> int:
         report["peak_memory_mb"] = full["peak_memory_mb"]
     if not args.skip_training:
         report["train_patches_per_second"] = training_throughput(net.m, device)
+    if args.detect:
+        report["detection"] = detection_cost(args.model, args.detect, args.detect_stride, device)
     return _print(args, report)
 
 
