@@ -150,7 +150,8 @@ def test_evaluate_puts_the_position_z_map_and_the_anomaly_map_side_by_side(bundl
                      f"{lesion},1,{dev_data_dir / 'ctich_051_ich_mask.nii.gz'}\n"
                      f"{dev_data_dir / 'ctich_111.nii.gz'},0,\n")
     code, out, err = _run(capsys, "evaluate", "--model", str(bundle), "--cases", str(cases), "--out",
-                          str(tmp_path / "eval"), "--stride", "4", "--device", "cpu", "--bootstrap", "10", "--json")
+                          str(tmp_path / "eval"), "--stride", "4", "--device", "cpu", "--bootstrap", "10", "--json",
+                          "--mood", str(tmp_path / "mood"))
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     localisation = summary["localisation"]
@@ -161,3 +162,15 @@ def test_evaluate_puts_the_position_z_map_and_the_anomaly_map_side_by_side(bundl
             assert figures[region]["top1_touches"] in (0, 1)
         assert set(figures["healthy_flagged"]) == {"ctich_111"}
     assert "localisation on 1 lesion cases" in out and "anomaly" in out
+    # MOOD files show the anomaly map (0 outside brain and skull, so 1/(1+e^(threshold/width)) there)
+    # and score the case on the position z-map's scale.
+    loaded = load_bundle(bundle)
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mood" / "ctich_051.nii.gz")))
+    from ppr.workflows.mood import MoodNormalisation
+    at_zero = float(MoodNormalisation(kind="z", centre=loaded.intensity_atlas.overlay_threshold_z)(np.array([0.0]))[0])
+    assert np.isclose(pixels.min(), at_zero, atol=1e-6) and pixels.max() <= 1.0
+    head_score = float(next(line for line in (tmp_path / "eval" / "cases.csv").read_text().splitlines()
+                            if line.startswith("ctich_051")).split(",")[7])
+    sample = float((tmp_path / "mood" / "ctich_051.nii.gz.txt").read_text())
+    expected = MoodNormalisation.for_z(loaded.calibration)(np.array([head_score]))[0]
+    assert sample == pytest.approx(expected, abs=1e-6)

@@ -431,14 +431,21 @@ def input_space_pass(
     config: EvaluationConfig,
     calibration: Calibration | None = None,
     mood_dir: Path | None = None,
+    region_masks: Mapping[str, np.ndarray] | None = None,
+    intensity_atlas: Calibration | None = None,
+    preprocess: PreprocessConfig | None = None,
 ) -> ScoreHistogram | None:
     """Voxel scores against masks in input space (None without voxel cases); MOOD files on request.
 
     The score map goes model space -> input space (linear interpolation); input voxels outside the
     model grid get the lowest score of the evaluation, i.e. count as "not anomalous", so a lesion the
     model cannot see is a miss rather than left out. With ``mood_dir`` every case's map and head score
-    are also written in the MOOD challenge format (``ppr.workflows.mood``).
+    are also written in the MOOD challenge format (``ppr.workflows.mood``): with an intensity atlas
+    (and the z score map) their pixel map is the anomaly map, as detection shows it, centred on its
+    threshold, and their sample score the head's region score on the position z-map.
     """
+    anomaly_mood = (mood_dir is not None and intensity_atlas is not None and calibration is not None
+                    and config.score_map == "z")
     voxel = [_voxel_case(r, config.voxel_cases) for r in results]
     chosen = [r for r, use in zip(results, voxel) if r.scored and (use or mood_dir is not None)]
     if not chosen:
@@ -450,19 +457,45 @@ def input_space_pass(
     for result, use in zip(results, voxel):
         if not result.scored or (not use and mood_dir is None):
             continue
-        maps, _ = _detect_or_load(result.case, detector, cache)
+        maps, _ = _detect_or_load(result.case, detector, cache, need_volume=anomaly_mood)
         model_map = sitk.GetImageFromArray(score_map(maps, config.score_map, calibration))
         model_map.CopyInformation(maps.error_map_mm)
         input_image = read_image(result.case.image_path)
         input_map = to_input_space(model_map, maps.transform, input_image, default_value=low)
         if use:
             histogram.add(sitk.GetArrayViewFromImage(input_map), _mask_in_input_space(result.case, input_image))
-        if mood_dir is not None:
+        if anomaly_mood:
+            shown = sitk.GetImageFromArray(model_space_maps(maps, calibration, region_masks or {}, intensity_atlas,
+                                                            preprocess)[0]["anomaly"])
+            shown.CopyInformation(maps.error_map_mm)
+            write_mood_outputs(to_input_space(shown, maps.transform, input_image, 0.0), result.scores["head"],
+                               mood_dir, result.case.image_path.name,
+                               MoodNormalisation(kind="z", centre=float(intensity_atlas.overlay_threshold_z)),
+                               normalisation)
+        elif mood_dir is not None:
             write_mood_outputs(input_map, result.scores["head"], mood_dir, result.case.image_path.name, normalisation)
     return histogram
 
 
 LOCALISATION_REGIONS = ("head", "brain and skull")
+
+
+def model_space_maps(maps: CaseMaps, calibration: Calibration, region_masks: Mapping[str, np.ndarray],
+                     intensity_atlas: Calibration | None = None, preprocess: PreprocessConfig | None = None,
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A case's position z-map ("position z") and, with an intensity atlas, its anomaly map
+    ("anomaly"), model space, as detection makes them; and its head mask."""
+    head = sitk.GetArrayFromImage(maps.head_mask) > 0
+    position = np.where(head, z_map(sitk.GetArrayFromImage(maps.error_map_mm), calibration), 0.0).astype(np.float32)
+    found = {"position z": position}
+    if intensity_atlas is not None:
+        if preprocess is None or maps.volume is None or maps.windowed_hu is None:
+            raise ValueError("the anomaly map needs the scan's model-space volume and HU and the bundle's preprocessing")
+        tissue = soft_tissue_mask(sitk.GetArrayViewFromImage(maps.windowed_hu), head, preprocess)
+        density_z = intensity_z_map(sitk.GetArrayFromImage(maps.volume), tissue, intensity_atlas)
+        found["anomaly"] = anomaly_map(density_z, position, float(calibration.overlay_threshold_z),
+                                       focus_mask(region_masks, head))
+    return found, head
 
 
 def localisation_pass(
@@ -495,28 +528,18 @@ def localisation_pass(
     if intensity_atlas is not None:
         thresholds["anomaly"] = float(intensity_atlas.overlay_threshold_z)
 
-    def model_space_maps(maps: CaseMaps) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        head = sitk.GetArrayFromImage(maps.head_mask) > 0
-        position = np.where(head, z_map(sitk.GetArrayFromImage(maps.error_map_mm), calibration), 0.0).astype(np.float32)
-        found = {"position z": position}
-        if intensity_atlas is not None:
-            tissue = soft_tissue_mask(sitk.GetArrayViewFromImage(maps.windowed_hu), head, preprocess)
-            density_z = intensity_z_map(sitk.GetArrayFromImage(maps.volume), tissue, intensity_atlas)
-            found["anomaly"] = anomaly_map(density_z, position, thresholds["position z"], focus_mask(region_masks, head))
-        return found, head
-
     healthy_flagged: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
     for result in results:
         if result.scored and result.case.anomalous == 0:
             maps, _ = _detect_or_load(result.case, detector, cache, need_volume=intensity_atlas is not None)
-            model_maps, head = model_space_maps(maps)
+            model_maps, head = model_space_maps(maps, calibration, region_masks, intensity_atlas, preprocess)
             focus = focus_mask(region_masks, head)
             for kind in kinds:
                 healthy_flagged[kind][result.case.name] = float(np.mean(model_maps[kind][focus] >= thresholds[kind]))
     per_case = []
     for result in lesion_cases:
         maps, _ = _detect_or_load(result.case, detector, cache, need_volume=intensity_atlas is not None)
-        model_maps, head = model_space_maps(maps)
+        model_maps, head = model_space_maps(maps, calibration, region_masks, intensity_atlas, preprocess)
         input_image = read_image(result.case.image_path)
         lesion = _mask_in_input_space(result.case, input_image)
         regions = {"head": head, "brain and skull": focus_mask(region_masks, head)}
@@ -618,7 +641,8 @@ def evaluate(
     if progress:
         progress(0.8, "voxel-level metrics")
     mood_dir = Path(mood_dir) if mood_dir is not None else None
-    histogram = input_space_pass(results, cache, detector, config, calibration, mood_dir)
+    histogram = input_space_pass(results, cache, detector, config, calibration, mood_dir, region_masks,
+                                 intensity_atlas, preprocess)
     summary.update(_voxel_summary(histogram, results, config))
     summary["localisation"] = None
     if config.score_map == "z" and calibration is not None:

@@ -106,12 +106,15 @@ def write_mood_outputs(
     out_dir: str | Path,
     case_name: str,
     normalisation: MoodNormalisation = MoodNormalisation(),
+    sample_normalisation: MoodNormalisation | None = None,
 ) -> MoodOutputs:
     """Write the pixel-level NIfTI and the sample-level text file of one case into ``out_dir``.
 
     error_map_input_space: the case's map on the input's exact grid (``to_input_space``), in the
         units ``normalisation`` expects (mm or z); NaN voxels (not computed) are written as 0.
-    sample_score: the case's score in the same units (e.g. a region aggregate of the same map).
+    sample_score: the case's score, mapped by ``sample_normalisation`` (None: ``normalisation``, for a
+        region aggregate of the same map; the anomaly map's cases are scored on the position z-map,
+        whose threshold differs).
     """
     if error_map_input_space.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError("the error map must be a scalar image")
@@ -124,6 +127,6 @@ def write_mood_outputs(
     pixel_image = sitk.GetImageFromArray(scores)
     pixel_image.CopyInformation(error_map_input_space)  # same shape, origin, spacing, direction
     write_image(pixel_image, out_dir / pixel_name)  # whole or not at all, as every result
-    sample_value = float(normalisation(np.array([sample_score]))[0])
+    sample_value = float((sample_normalisation or normalisation)(np.array([sample_score]))[0])
     write_text(out_dir / sample_name, f"{sample_value:.9g}\n")
     return MoodOutputs(out_dir / pixel_name, out_dir / sample_name)
