@@ -82,3 +82,42 @@ class MissingZMapDetection(CalibratedFakeDetection):
     write_z_map = False
 
 
+
+
+POSITION_THRESHOLD_Z = 4.0
+
+
+class AnomalyMapFakeDetection(CalibratedFakeDetection):
+    """A calibrated detection of a model with an intensity atlas: its z-map is the anomaly map
+    (``shown_map`` "anomaly", peak at ``SKULL_POINT_LPS``) and the position error's own z-map is written
+    beside it (``--position-z-out`` or ``<out stem>_position_z.nii.gz``, peak at the error's, the lesion),
+    with ``position_z_map`` and ``position_overlay_threshold`` in the report. ``write_position_z_map``
+    False: the report names a position z-map that was never written."""
+
+    write_position_z_map = True
+
+    def _run(self) -> None:
+        super()._run()
+        if self._outcome.returncode != 0:
+            return
+        from ppr.cli.detect import position_z_map_path
+
+        out = Path(self._command[self._command.index("--out") + 1])
+        given = self._command[self._command.index("--position-z-out") + 1] if "--position-z-out" in self._command \
+            else None
+        path = position_z_map_path(out, None if given is None else Path(given))
+        errors = sitk.ReadImage(str(out))
+        values = sitk.GetArrayFromImage(errors)
+        position = np.where(values > 0, (values - BACKGROUND_ERROR_MM) / Z_SPREAD_MM, 0.0).astype(np.float32)
+        image = sitk.GetImageFromArray(position)
+        image.CopyInformation(errors)
+        if self.write_position_z_map:
+            sitk.WriteImage(image, str(path))
+        report = json.loads(self._outcome.stdout.splitlines()[-1])
+        report.update(shown_map="anomaly", position_z_map=str(path.resolve()),
+                      position_overlay_threshold=POSITION_THRESHOLD_Z)
+        self._outcome = ProcessOutcome(0, json.dumps(report) + "\n", self._outcome.stderr, cancelled=False)
+
+
+class MissingPositionZMapDetection(AnomalyMapFakeDetection):
+    write_position_z_map = False

@@ -210,6 +210,10 @@ def test_the_bundled_model_on_a_real_series_and_a_dev_scan(tmp_path, capsys):
     nifti = rows[NIFTI_SCAN]
     assert nifti["Status"] == "ok" and nifti["DICOM"] == "" and nifti["Reason"] == NO_DICOM_INPUT
     assert (output / NIFTI_SCAN / "z_map.nii.gz").is_file()
+    # The bundled model's z-map is the anomaly map: the position error's own z-map is written beside it.
+    for name, row in ((REAL_SERIES.name, series), (NIFTI_SCAN, nifti)):
+        assert Path(row["Position z-map"]) == output / name / "position_z_map.nii.gz"
+        assert Path(row["Position z-map"]).is_file()
     assert f"{NIFTI_SCAN}: ok (no DICOM files: DICOM output needs a DICOM input" in capsys.readouterr().err
 
     assert batch.main(arguments) == 0  # resumes: nothing computed again

@@ -7,7 +7,9 @@
 or inside Slicer: ``Slicer --no-main-window --python-script <module dir>/batch.py -- <same arguments>``.
 
 Per scan, in ``OUTPUT/<scan>/``: ``error_map.nii.gz`` (input's grid), with a calibrated model
-``z_map.nii.gz`` (input's grid), ``skull_surface.vtk`` (LPS, the displayed map per point), with
+``z_map.nii.gz`` (input's grid; the anomaly map with a model that has an intensity atlas, which then
+also gives ``position_z_map.nii.gz``, the position error's own z-map, "PPR position error", in the
+row's "Position z-map"), ``skull_surface.vtk`` (LPS, the displayed map per point), with
 ``--scene`` ``scene.mrb``, with ``--screenshots`` slice and surface PNGs; and one row in
 ``OUTPUT/scores.csv`` (region scores, score map, overlay threshold, with a calibrated model the
 out-of-depth check: "Scores reliable", "Brain median z" and "Warning", the detector's seconds and
@@ -91,8 +93,11 @@ DICOM_COLUMN = "DICOM"
 DICOM_SEPARATOR = "; "  # between the DICOM files' paths in the row's DICOM column
 FIRST_COLUMNS = ["Scan", "Status", "Reason"]
 # "Engine" (serial or ray) and "Worker" (host:process id) say what ran the scan.
-LAST_COLUMNS = ["Total seconds", "Engine", "Worker", "Error map", "z-map", "Skull surface", DICOM_COLUMN, "Input",
-                "Input digest", "Run settings"]
+POSITION_Z_MAP_COLUMN = "Position z-map"
+Z_MAP_FILE_NAME = "z_map.nii.gz"
+POSITION_Z_MAP_FILE_NAME = "position_z_map.nii.gz"
+LAST_COLUMNS = ["Total seconds", "Engine", "Worker", "Error map", "z-map", POSITION_Z_MAP_COLUMN, "Skull surface",
+                DICOM_COLUMN, "Input", "Input digest", "Run settings"]
 KEPT = "kept from an earlier run of the same scan with the same settings (its files checked)"
 # The sample-level MOOD score: the whole head's region score, in the unit of the pixel scores.
 MOOD_SAMPLE_REGION = "head"
@@ -306,8 +311,13 @@ def write_scan_outputs(context: SceneContext, volume, results: DetectionResults,
     or a Ray worker): a new kind of output goes here (and into ``kept_row``'s list of files)."""
     row = {"Error map": save_node(results.error_map, out_dir / "error_map.nii.gz"),
            "Skull surface": save_node(results.skull_surface, out_dir / "skull_surface.vtk")}
-    if results.z_map is not None:
-        row["z-map"] = save_node(results.z_map, out_dir / "z_map.nii.gz")
+    # Each map this run has; one it has not (another model or --no-calibration) must not stay from an earlier run.
+    for column, node, file_name in (("z-map", results.z_map, Z_MAP_FILE_NAME),
+                                    (POSITION_Z_MAP_COLUMN, results.position_z_map, POSITION_Z_MAP_FILE_NAME)):
+        if node is not None:
+            row[column] = save_node(node, out_dir / file_name)
+        else:
+            (out_dir / file_name).unlink(missing_ok=True)
     if settings.output_format == "mood":
         write_mood(path, results, row["z-map"] if results.z_map is not None else row["Error map"],
                    settings.output_dir / MOOD_FOLDER_NAME)
@@ -380,6 +390,18 @@ def mood_normalisation(results: DetectionResults):
     return MoodNormalisation(kind="z", centre=results.calibrated_threshold_z)
 
 
+def mood_sample_normalisation(results: DetectionResults):
+    """The [0, 1] map of the MOOD sample score (the whole head's region score), None when it is the
+    pixel map's (``mood_normalisation``). Beside an anomaly map the region scores are the position z's,
+    so the sample score is centred on the position z-map's own threshold (the calibration's), as
+    ``ppr evaluate --mood`` does."""
+    from ppr.workflows.mood import MoodNormalisation
+
+    if results.position_z_map is None:
+        return None
+    return MoodNormalisation(kind="z", centre=results.position_threshold_z)
+
+
 def mood_case_name(scan: Path) -> str:
     """MOOD names the outputs after the input file ("00000.nii.gz" -> "00000.nii.gz", "00000.nii.gz.txt");
     a scan in another format is named after the scan ("head.nrrd" -> "head.nii.gz", "head.txt")."""
@@ -388,8 +410,10 @@ def mood_case_name(scan: Path) -> str:
 
 def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: Path) -> None:
     """The scan's MOOD files: the voxels of its score map (``map_path``: the z-map of a calibrated
-    model, else the error map) on the input's exact grid, normalised to [0, 1], and the whole head's
-    region score (same unit) mapped the same way."""
+    model, the anomaly map with an intensity atlas, else the error map) on the input's exact grid,
+    normalised to [0, 1], and the whole head's region score (same unit) mapped the same way; beside an
+    anomaly map the region score is the position z's, mapped around its own threshold
+    (``mood_sample_normalisation``)."""
     from ppr.image.geometry import Grid
     from ppr.workflows.mood import write_mood_outputs
 
@@ -403,7 +427,8 @@ def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: 
         raise PPRError(f"The map of {scan.name} is not on the scan's grid, so no MOOD file was written.")
     # The map went through a NIfTI written by Slicer (float32 geometry): give it the scan's exact one.
     score_map.CopyInformation(source)
-    write_mood_outputs(score_map, score, mood_dir, mood_case_name(scan), mood_normalisation(results))
+    write_mood_outputs(score_map, score, mood_dir, mood_case_name(scan), mood_normalisation(results),
+                       mood_sample_normalisation(results))
 
 
 def write_dicom(scan: Path, results: DetectionResults, map_path: Path, settings: BatchSettings,
@@ -572,6 +597,10 @@ def kept_row(previous: dict[str, str] | None, digest: str, key: str, settings: B
     if Path(previous.get("Error map", "")) != files[0] or Path(previous.get("Skull surface", "")) != files[1]:
         return None
     maps = [files[0]] + ([Path(previous["z-map"])] if previous.get("z-map") else [])
+    if previous.get(POSITION_Z_MAP_COLUMN):
+        if Path(previous[POSITION_Z_MAP_COLUMN]) != folder / POSITION_Z_MAP_FILE_NAME:
+            return None
+        maps.append(folder / POSITION_Z_MAP_FILE_NAME)
     if settings.screenshots:
         files += [folder / f"slices_{view}.png" for view in ("axial", "coronal", "sagittal")]
         files.append(folder / "skull_surface.png")

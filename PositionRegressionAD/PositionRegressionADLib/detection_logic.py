@@ -15,7 +15,9 @@ Usage, blocking (batch, tests)::
     results = logic.detect(volume_node, DetectionOptions(model_path=default_model_path()),
                            on_progress=lambda p: print(f"{p.fraction:.0%} {p.message}"))
     results.error_map, results.skull_surface, results.scores, results.candidates
-    results.z_map             # calibrated model: the z-map (else None)
+    results.z_map             # calibrated model: the shown z-map, the anomaly map when the model has an
+                              # intensity atlas (else None)
+    results.position_z_map    # with an anomaly map: the position error's own z-map, "PPR position error"
     results.displayed_map     # what the overlay, the surface and the candidates show
 
 Usage, polled from a GUI timer::
@@ -197,7 +199,8 @@ class DetectionLogic:
 
     def detect_command(self, input_path: Path, error_map_path: Path, options: DetectionOptions) -> list[str]:
         python = self.python_command or default_python_command()
-        # No --z-out: the z-map lands beside the error map (inside the run's folder) and the report names it.
+        # No --z-out nor --position-z-out: the z-map and (with an anomaly map) the position z-map land
+        # beside the error map (inside the run's folder), and the report names them.
         return [*python, "-m", "ppr", "detect", str(input_path), "--model", str(options.model_path),
                 "--out", str(error_map_path), "--device", options.device, "--stride", str(options.stride),
                 "--json", "--progress"] + ([] if options.use_calibration else ["--no-calibration"])
@@ -208,6 +211,7 @@ class DetectionLogic:
             outcome = run.process.outcome()
             report = _report_of(outcome, run.options)
             _check_inside(report.z_map, run.work_dir)
+            _check_inside(report.position_z_map, run.work_dir, "position z-map")
             input_volume = self.scene.GetNodeByID(run.input_volume_id)
             if input_volume is None:
                 raise DetectionFailedError("The input volume was removed from the scene during detection.")
@@ -260,7 +264,8 @@ def first_input_volume(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLScalarVolume
 
 
 def result_volume_ids(scene: slicer.vtkMRMLScene) -> list[str]:
-    """IDs of the volumes our detections made (error maps, z-maps): never an input, so a panel hides them."""
+    """IDs of the volumes our detections made (error maps, z-maps, position z-maps): never an input, so a
+    panel hides them."""
     return [node.GetID() for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
             if node.IsA("vtkMRMLVolumeNode") and node.GetAttribute(ROLE_ATTRIBUTE)]
 
@@ -300,10 +305,11 @@ def _export_volume(volume: slicer.vtkMRMLScalarVolumeNode, path: Path) -> Path:
     return path
 
 
-def _check_inside(path: str | None, work_dir: Path) -> None:
-    """A reported z-map must be in the run's folder: that is the only place cleaned up and trusted."""
+def _check_inside(path: str | None, work_dir: Path, what: str = "z-map") -> None:
+    """A reported map (z-map, position z-map) must be in the run's folder: that is the only place
+    cleaned up and trusted."""
     if path is not None and Path(work_dir).resolve() not in Path(path).resolve().parents:
-        raise DetectionFailedError(f"The detector wrote its z-map outside its work folder ({path}): "
+        raise DetectionFailedError(f"The detector wrote its {what} outside its work folder ({path}): "
                                    "update the extension so the detector and the module match.")
 
 

@@ -20,6 +20,9 @@ import vtk
 from ppr.errors import PPRError
 
 SCORE_MAPS = ("z", "mm", "intensity")  # z, or the raw error's unit: PPR mm, autoencoder intensity
+# What the report's z-map holds (``ppr detect``'s "shown_map"): the anomaly map of a bundle with an
+# intensity atlas, the position z-map itself, or nothing (not calibrated).
+SHOWN_MAPS = ("anomaly", "position z", "none")
 ERROR_DESCRIPTIONS = {"mm": "position error", "intensity": "autoencoder residual"}
 REGION_LABELS = {
     "left_hemisphere": "Left hemisphere",
@@ -72,6 +75,19 @@ class DetectionReport:
     error_unit: str = "mm"
     reliability: dict | None = None
     registration_note: str = ""
+    shown_map: str = ""
+    position_z_map: str | None = None
+    position_overlay_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        # A detector from before the anomaly map does not say: its z-map (if any) is the position z-map.
+        if not self.shown_map:
+            object.__setattr__(self, "shown_map", "none" if self.z_map is None else "position z")
+
+    @property
+    def shows_anomaly_map(self) -> bool:
+        """True when the z-map is the anomaly map and the position error has its own z-map."""
+        return self.shown_map == "anomaly"
 
     @classmethod
     def from_json_dict(cls, data: dict, model: str) -> "DetectionReport":
@@ -90,7 +106,10 @@ class DetectionReport:
                          z=_flatten_numbers(data.get("z") or {}),
                          error_unit=str(data.get("error_unit", "mm")),
                          reliability=_reliability_of(data.get("reliability")),
-                         registration_note=str(data.get("registration_note") or ""))
+                         registration_note=str(data.get("registration_note") or ""),
+                         shown_map=str(data.get("shown_map") or ""),
+                         position_z_map=None if data.get("position_z_map") is None else str(data["position_z_map"]),
+                         position_overlay_threshold=_number_or_none(data.get("position_overlay_threshold")))
         except (KeyError, TypeError, ValueError) as error:
             raise ResultImportError(
                 f"The detection finished but its report is incomplete ({error!r}). "
@@ -99,7 +118,8 @@ class DetectionReport:
         return report
 
     def check_score_map(self) -> None:
-        """A z report names its z-map and threshold; an mm report has neither."""
+        """A z report names its z-map and threshold; an mm report has neither. The position error's own
+        z-map ("PPR position error") comes with its threshold, and only beside an anomaly map."""
         calibrated = self.z_map is not None and self.overlay_threshold is not None
         raw = self.score_map in (self.error_unit, "z")
         if self.score_map not in SCORE_MAPS or calibrated != (self.score_map == "z") or not raw:
@@ -107,6 +127,13 @@ class DetectionReport:
                 f"The detection reported score map {self.score_map!r} with z-map {self.z_map!r} and threshold "
                 f"{self.overlay_threshold!r}, which do not belong together. Update the extension so the "
                 "detector and the module match.")
+        position = self.position_z_map is not None
+        if (self.shown_map not in SHOWN_MAPS or position != (self.position_overlay_threshold is not None)
+                or position != (self.shown_map == "anomaly") or (self.shown_map == "none") == calibrated):
+            raise ResultImportError(
+                f"The detection reported shown map {self.shown_map!r} with position z-map {self.position_z_map!r} "
+                f"and threshold {self.position_overlay_threshold!r}, which do not belong together. Update the "
+                "extension so the detector and the module match.")
 
     @property
     def score_unit(self) -> str:
@@ -171,8 +198,9 @@ def build_scores_table(report: DetectionReport, name: str, overlay_threshold: fl
     for key, value in report.error_mm.items():
         label = f"Error ({report.error_unit})" if key == "value" else f"Error {key} ({report.error_unit})"
         _add_column(table, vtk.vtkDoubleArray(), label, value, f"{key} of the {error} over the head", report.error_unit)
+    shown = "anomaly map" if report.shows_anomaly_map else "calibrated z-map"
     for key, value in report.z.items():
-        _add_column(table, vtk.vtkDoubleArray(), f"z {key}", value, f"{key} of the calibrated z-map over the head", "z")
+        _add_column(table, vtk.vtkDoubleArray(), f"z {key}", value, f"{key} of the {shown} over the head", "z")
     _add_column(table, vtk.vtkStringArray(), "Score map", report.score_map,
                 "Map the region scores aggregate: z (calibrated z-map), mm (position error) or intensity "
                 "(autoencoder residual)")

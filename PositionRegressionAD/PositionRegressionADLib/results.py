@@ -6,6 +6,14 @@ child's files; skull surface with the displayed map probed at each point; scores
 candidates" segmentation); ``add_results_to_scene`` then removes the input's previous results and
 adds the new ones with their display settings.
 
+With a model that carries an intensity atlas the detector's z-map is the anomaly map ("<input> anomaly
+map": the scan's density against healthy heads at the same place, raised where the position error is
+unusual too), and the position error's own z-map comes as a volume of its own ("<input> PPR position
+error", role ``ROLE_POSITION_Z_MAP``, with its own threshold and colour window). It is not shown by
+default: the overlay, the surface and the candidates show the anomaly map; the region scores are the
+position z's (the detector's). Without an atlas the z-map is the position z-map ("<input> anomaly
+z-map") and there is no separate position node.
+
 The displayed map (slice overlay, surface colours, candidates) is the z-map with the calibrated
 threshold when the model is calibrated: on real scans the raw error is dominated by the neck and
 shoulders, so a threshold on it shows nothing inside the head, while z says how unusual the error
@@ -54,15 +62,23 @@ THRESHOLD_Z_ATTRIBUTE = "PositionRegressionAD.OverlayThresholdZ"
 CALIBRATED_THRESHOLD_Z_ATTRIBUTE = "PositionRegressionAD.CalibratedThresholdZ"
 # On the error map node (always present): which map the overlay shows, "z" or "mm".
 DISPLAYED_MAP_ATTRIBUTE = "PositionRegressionAD.DisplayedMap"
+# On the z-map node: what it holds, the detector's "shown_map" ("anomaly" or "position z").
+SHOWN_MAP_ATTRIBUTE = "PositionRegressionAD.ShownMap"
 
 ROLE_ERROR_MAP = "ErrorMap"
 ROLE_SKULL_SURFACE = "SkullSurface"
 ROLE_SCORES = "Scores"
 ROLE_CANDIDATES = "AnomalyCandidates"
 ROLE_Z_MAP = "ZMap"
-# Every complete result has these; the z-map only when the model is calibrated.
+ROLE_POSITION_Z_MAP = "PositionZMap"
+# Every complete result has these; the z-map only when the model is calibrated, the position z-map
+# only when the z-map is the anomaly map (a model with an intensity atlas).
 RESULT_ROLES = (ROLE_ERROR_MAP, ROLE_SKULL_SURFACE, ROLE_SCORES, ROLE_CANDIDATES)
-OPTIONAL_RESULT_ROLES = (ROLE_Z_MAP,)
+OPTIONAL_RESULT_ROLES = (ROLE_Z_MAP, ROLE_POSITION_Z_MAP)
+# Names of the map volumes after the input's name.
+Z_MAP_NAME = "anomaly z-map"  # the position z-map when it is the shown map (no intensity atlas)
+ANOMALY_MAP_NAME = "anomaly map"
+POSITION_Z_MAP_NAME = "PPR position error"
 MAP_KINDS = ("z", "mm")
 # Geometry written to NIfTI by the child comes back as float32: allow that rounding, nothing more.
 GEOMETRY_TOLERANCE_MM = 0.01
@@ -109,6 +125,9 @@ class BuiltResults:
 
     threshold_mm, color_range_mm: the error map's own display; z_map, threshold_z, color_range_z:
     the z-map's (None without calibration); displayed_map_kind: which of the two is the overlay.
+    shown_map: what the z-map holds ("anomaly", "position z", "none"); position_z_map,
+    position_threshold_z, position_color_range_z: the position error's own z-map and its display
+    (only beside an anomaly map, never the overlay by default).
     """
 
     error_map: slicer.vtkMRMLScalarVolumeNode
@@ -123,14 +142,21 @@ class BuiltResults:
     color_range_z: tuple[float, float] | None = None
     calibrated_threshold_z: float | None = None
     displayed_map_kind: str = "mm"
+    shown_map: str = "none"
+    position_z_map: slicer.vtkMRMLScalarVolumeNode | None = None
+    position_threshold_z: float | None = None
+    position_color_range_z: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
 class DetectionResults:
     """The result nodes of one input volume, as they are in the scene.
 
-    z_map: the calibrated z-map ("<input> anomaly z-map"), None when the model is not calibrated.
-    ``displayed_map`` is the map shown over the slices, on the surface and cut into candidates.
+    z_map: the calibrated z-map, None when the model is not calibrated: the anomaly map ("<input>
+    anomaly map") when the model has an intensity atlas, else the position z-map ("<input> anomaly z-map").
+    position_z_map: beside an anomaly map, the position error's own z-map ("<input> PPR position
+    error"), else None. ``displayed_map`` is the map shown over the slices, on the surface and cut into
+    candidates.
     """
 
     error_map: slicer.vtkMRMLScalarVolumeNode
@@ -138,6 +164,7 @@ class DetectionResults:
     scores: slicer.vtkMRMLTableNode
     candidates: slicer.vtkMRMLSegmentationNode
     z_map: slicer.vtkMRMLScalarVolumeNode | None = None
+    position_z_map: slicer.vtkMRMLScalarVolumeNode | None = None
 
     @property
     def max_error_ras(self) -> tuple[float, float, float]:
@@ -158,6 +185,18 @@ class DetectionResults:
     def calibrated_threshold_z(self) -> float | None:
         """The calibration's overlay threshold as the detector reported it, None without a z-map."""
         return None if self.z_map is None else float(self.z_map.GetAttribute(CALIBRATED_THRESHOLD_Z_ATTRIBUTE))
+
+    @property
+    def position_threshold_z(self) -> float | None:
+        """The position z-map's own overlay threshold (the calibration's), None without that map."""
+        return None if self.position_z_map is None else float(self.position_z_map.GetAttribute(THRESHOLD_Z_ATTRIBUTE))
+
+    @property
+    def shown_map(self) -> str:
+        """What the z-map holds: "anomaly" (anomaly map), "position z" (position z-map) or "none" (no z-map)."""
+        if self.z_map is None:
+            return "none"
+        return self.z_map.GetAttribute(SHOWN_MAP_ATTRIBUTE) or "position z"  # scenes from before the attribute
 
     @property
     def score_map(self) -> str:
@@ -181,8 +220,8 @@ class DetectionResults:
         return self.threshold_z if self.displayed_map_kind == "z" else self.threshold_mm
 
     def nodes(self) -> list[slicer.vtkMRMLNode]:
-        return [self.error_map, self.skull_surface, self.scores, self.candidates] + (
-            [self.z_map] if self.z_map is not None else [])
+        return [self.error_map, self.skull_surface, self.scores, self.candidates] + [
+            node for node in (self.z_map, self.position_z_map) if node is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,18 +318,26 @@ def build_results(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map_path: 
                   options: ResultDisplayOptions) -> BuiltResults:
     """Every result of one detection, computed without touching any scene.
 
-    The z-map is read from the path the report names (``report.z_map``), when it names one.
+    The z-map is read from the path the report names (``report.z_map``), when it names one, and so is
+    the position error's own z-map (``report.position_z_map``, beside an anomaly map).
     """
     base = input_volume.GetName()
     error_map = read_error_map(error_map_path, input_volume, f"{base} error map")
     errors = error_array(error_map)
     threshold_mm = overlay_threshold_mm(errors, options)
     z_map = threshold_z = range_z = None
+    position = position_threshold = position_range = None
     if report.z_map is not None:
-        z_map = read_error_map(Path(report.z_map), input_volume, f"{base} anomaly z-map", "z-map")
+        name = ANOMALY_MAP_NAME if report.shows_anomaly_map else Z_MAP_NAME
         threshold_z = float(options.overlay_threshold_z if options.overlay_threshold_z is not None
                             else report.overlay_threshold)
-        range_z = color_range_z(error_array(z_map), threshold_z)
+        z_map, range_z = read_z_map(Path(report.z_map), input_volume, f"{base} {name}", "z-map", threshold_z)
+        if report.position_z_map is not None:
+            # Its own threshold (the calibration's): a user's z threshold is for the shown map.
+            position_threshold = float(report.position_overlay_threshold)
+            position, position_range = read_z_map(Path(report.position_z_map), input_volume,
+                                                  f"{base} {POSITION_Z_MAP_NAME}", "position z-map",
+                                                  position_threshold)
     elif options.overlay_threshold_z is not None:
         raise BundleError("This model bundle has no calibration, so there is no z-map to threshold: give the "
                           "overlay threshold in mm, or calibrate the bundle with `python -m ppr calibrate`.")
@@ -313,7 +360,19 @@ def build_results(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map_path: 
         color_range_z=range_z,
         calibrated_threshold_z=report.overlay_threshold,
         displayed_map_kind=kind,
+        shown_map=report.shown_map,
+        position_z_map=position,
+        position_threshold_z=position_threshold,
+        position_color_range_z=position_range,
     )
+
+
+def read_z_map(path: Path, input_volume: slicer.vtkMRMLScalarVolumeNode, name: str, what: str,
+               threshold_z: float) -> tuple[slicer.vtkMRMLScalarVolumeNode, tuple[float, float]]:
+    """A z-map the child wrote (the shown z-map, or the position error's own), detached, on the
+    input's grid (``read_error_map``), with its colour window for ``threshold_z``."""
+    node = read_error_map(path, input_volume, name, what)
+    return node, color_range_z(error_array(node), threshold_z)
 
 
 def find_results(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLNode) -> DetectionResults | None:
@@ -325,7 +384,7 @@ def find_results(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLNode) -
         return None
     return DetectionResults(error_map=found[ROLE_ERROR_MAP], skull_surface=found[ROLE_SKULL_SURFACE],
                             scores=found[ROLE_SCORES], candidates=found[ROLE_CANDIDATES],
-                            z_map=found.get(ROLE_Z_MAP))
+                            z_map=found.get(ROLE_Z_MAP), position_z_map=found.get(ROLE_POSITION_Z_MAP))
 
 
 def _result_nodes(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRMLNode) -> list[slicer.vtkMRMLNode]:
@@ -376,12 +435,16 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
         error_map.SetAttribute(THRESHOLD_ATTRIBUTE, f"{built.threshold_mm:.9g}")
         error_map.SetAttribute(DISPLAYED_MAP_ATTRIBUTE, built.displayed_map_kind)
         _show_error_map(error_map, colours, built.threshold_mm, built.color_range_mm)
-        z_map = None
+        z_map = position_z_map = None
         if built.z_map is not None:
-            z_map = _add(scene, built.z_map, ROLE_Z_MAP, input_volume, added)
-            z_map.SetAttribute(THRESHOLD_Z_ATTRIBUTE, f"{built.threshold_z:.9g}")
-            z_map.SetAttribute(CALIBRATED_THRESHOLD_Z_ATTRIBUTE, f"{built.calibrated_threshold_z:.9g}")
-            _show_error_map(z_map, colours, built.threshold_z, built.color_range_z)
+            z_map = _add_z_map(scene, built.z_map, ROLE_Z_MAP, input_volume, added, colours, built.threshold_z,
+                               built.calibrated_threshold_z, built.color_range_z)
+            z_map.SetAttribute(SHOWN_MAP_ATTRIBUTE, built.shown_map)
+        if built.position_z_map is not None:
+            # Not the overlay (set_overlay below shows the displayed map): there for whoever shows it.
+            position_z_map = _add_z_map(scene, built.position_z_map, ROLE_POSITION_Z_MAP, input_volume, added,
+                                        colours, built.position_threshold_z, built.position_threshold_z,
+                                        built.position_color_range_z)
         shows_z = built.displayed_map_kind == "z"
 
         surface = slicer.vtkMRMLModelNode()
@@ -397,7 +460,7 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
         candidates = _add(scene, built.candidates, ROLE_CANDIDATES, input_volume, added)
         candidates.CreateDefaultDisplayNodes()
         candidates.SetReferenceImageGeometryParameterFromVolumeNode(input_volume)
-        for node in (error_map, surface, scores, candidates, z_map):
+        for node in (error_map, surface, scores, candidates, z_map, position_z_map):
             if node is not None:
                 _add_default_storage(node)
     except Exception:
@@ -407,7 +470,7 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
     for node in previous:
         _remove_with_helpers(scene, node)
     results = DetectionResults(error_map=error_map, skull_surface=surface, scores=scores, candidates=candidates,
-                               z_map=z_map)
+                               z_map=z_map, position_z_map=position_z_map)
     set_overlay(scene, input_volume, results.displayed_map, options.overlay_opacity)
     return results
 
@@ -421,6 +484,20 @@ def _add(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode, role: str, input_
         node.SetAndObserveTransformNodeID(input_volume.GetTransformNodeID())
     added.append(scene.AddNode(node))
     return added[-1]
+
+
+def _add_z_map(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLScalarVolumeNode, role: str,
+               input_volume: slicer.vtkMRMLNode, added: list[slicer.vtkMRMLNode],
+               colours: slicer.vtkMRMLColorTableNode, threshold_z: float, calibrated_threshold_z: float,
+               color_range: tuple[float, float]) -> slicer.vtkMRMLScalarVolumeNode:
+    """Add a z-map (the shown one or the position error's own) with its thresholds recorded and its
+    display set: the same colours, threshold and window code for both."""
+    node = _add(scene, node, role, input_volume, added)
+    # %.9g: float32-exact, so a reloaded scene reads the threshold the display was set with.
+    node.SetAttribute(THRESHOLD_Z_ATTRIBUTE, f"{threshold_z:.9g}")
+    node.SetAttribute(CALIBRATED_THRESHOLD_Z_ATTRIBUTE, f"{calibrated_threshold_z:.9g}")
+    _show_error_map(node, colours, threshold_z, color_range)
+    return node
 
 
 def _shared_color_table(scene: slicer.vtkMRMLScene, existing, build, added: list[slicer.vtkMRMLNode]

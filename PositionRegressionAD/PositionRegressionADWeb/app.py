@@ -156,6 +156,7 @@ class PositionRegressionWebApp(TrameApp):
         state.status_type = "info"
         state.has_results = False
         state.has_z_map = False
+        state.has_position_z_map = False
         state.overlay_threshold = 0.0
         state.threshold_min = 0.0
         state.threshold_max = 1.0
@@ -244,6 +245,7 @@ class PositionRegressionWebApp(TrameApp):
         trigger("ppr_download_scene")(self.download_scene)
         trigger("ppr_download_error_map")(self.download_error_map)
         trigger("ppr_download_z_map")(self.download_z_map)
+        trigger("ppr_download_position_z_map")(self.download_position_z_map)
         trigger("ppr_download_scores")(self.download_scores)
 
     async def _load(self, path: Path, name: str) -> bool:
@@ -376,6 +378,7 @@ class PositionRegressionWebApp(TrameApp):
     def _clear_results_state(self) -> None:
         self.state.has_results = False
         self.state.has_z_map = False
+        self.state.has_position_z_map = False
         self.state.scores = []
         self.state.run_details = ""
         self.state.reliability_warning = ""
@@ -389,6 +392,7 @@ class PositionRegressionWebApp(TrameApp):
         with self.state:
             self.state.has_results = True
             self.state.has_z_map = self.session.results.z_map is not None
+            self.state.has_position_z_map = self.session.results.position_z_map is not None
             self.state.overlay_unit = self.session.overlay_unit()
             self.state.threshold_min = min(low, threshold)
             self.state.threshold_max = max(high, threshold)
@@ -454,6 +458,9 @@ class PositionRegressionWebApp(TrameApp):
 
     async def download_z_map(self):
         return await self._download("z-map", "z_map.nii.gz", self.session.write_z_map)
+
+    async def download_position_z_map(self):
+        return await self._download("position z-map", "position_z_map.nii.gz", self.session.write_position_z_map)
 
     async def download_scores(self):
         return await self._download("scores", "scores.csv", self.session.write_scores_csv)
@@ -585,6 +592,8 @@ class PositionRegressionWebApp(TrameApp):
         downloads = (("download-scene", "Scene .mrb", "ppr_download_scene", "'.mrb'", None),
                      ("download-error-map", "Error map", "ppr_download_error_map", "'_error_map.nii.gz'", None),
                      ("download-z-map", "z-map", "ppr_download_z_map", "'_z_map.nii.gz'", "has_z_map"),
+                     ("download-position-z-map", "PPR position error", "ppr_download_position_z_map",
+                      "'_position_z_map.nii.gz'", "has_position_z_map"),
                      ("download-scores", "Scores CSV", "ppr_download_scores", "'_scores.csv'", None))
         with html.Div(classes="d-flex flex-wrap"):
             for element_id, text, name, suffix, shown_when in downloads:

@@ -244,6 +244,14 @@ class ViewerSession:
             raise InputImageError("This model is not calibrated, so there is no z-map: download the error map.")
         return save_node(z_map, path)
 
+    def write_position_z_map(self, path: Path) -> Path:
+        """The position error's own z-map ("PPR position error") on the scan's grid; refused when the
+        model has no anomaly map (then the z-map is the position z-map itself)."""
+        position_z_map = self._require_results().position_z_map
+        if position_z_map is None:
+            raise InputImageError("This model shows the position error's z-map itself: download the z-map.")
+        return save_node(position_z_map, path)
+
     def write_scores_csv(self, path: Path) -> Path:
         """One row in the batch command's scores.csv format."""
         results = self._require_results()
