@@ -50,9 +50,11 @@ else:
 
 _HELP_TEXT = _("""Detect anomalies (haemorrhage, fracture, anything unlike a healthy head) in a head CT.
 Choose the CT and click <b>Detect anomalies</b>. A network trained on healthy heads only guesses where
-each small patch of the scan sits in the head; where it cannot, the <i>position error</i> is high.
-The error map is shown over the slices (only error above the threshold), on the skull surface, as
-per-region scores and as <i>anomaly candidates</i> to review in the Segment Editor. It is a research
+each small patch of the scan sits in the head; where it cannot, the <i>position error</i> is high, and
+the region scores say so. The <i>anomaly map</i> (how unusual the scan's density is against healthy
+heads at the same place, raised where the position error is high too) is shown over the slices
+(only above the threshold), on the skull surface and as <i>anomaly candidates</i> to review in the
+Segment Editor; the position error has its own map, <i>PPR position error</i>. It is a research
 tool, not a diagnosis. Many scans at once, without the main window:
 <code>Slicer --no-main-window --python-script &lt;this module's folder&gt;/Scripts/batch.py -- --input FOLDER
 --output FOLDER</code>. <a href="https://github.com/PositionRegressionAD/SlicerPositionRegressionAD#readme">Documentation</a>.

@@ -241,7 +241,8 @@ def _add_reliability_columns(table: slicer.vtkMRMLTableNode, check: dict) -> Non
     _add_column(table, vtk.vtkStringArray(), "Healthy brain median z", f"{low:.2f} to {high:.2f}",
                 "Brain median z of the calibration's healthy scans, each against the others", "z")
     _add_column(table, vtk.vtkDoubleArray(), "Brain and skull above threshold", 100.0 * check["fraction_above_threshold"],
-                "Share of brain and skull above the calibrated overlay threshold (healthy: about 1 %)", "%")
+                "Share of brain and skull whose position z is above the position z-map's own threshold (the "
+                "reliability check; healthy: about 1 %); with an anomaly map this is not the overlay's threshold", "%")
 
 
 def _add_column(table: slicer.vtkMRMLTableNode, column: vtk.vtkAbstractArray, name: str, value: object,
