@@ -4,20 +4,20 @@ unusual a new scan's density is there (the intensity z-map).
 Why. A position error is as coarse as the patch that carries it (31 voxels of 2 mm here): it says
 that something in a 6 cm neighbourhood is unlike a healthy head, not which voxels. The scan's own
 normalised intensity, against the same place in healthy heads, points at the voxels. Measured on
-synthetic anomalies in held-out healthy heads (validation; see the model card), the intensity z-map
-found them where the position z-map did not (voxel average precision inside brain and skull 0.042
-against 0.003 on 20 small anomalies of 0.3-10 mL); the position error keeps the patient-level
-signal (region scores) and its own map.
+40 synthetic anomalies in 5 held-out healthy heads (validation; the model card has the table), the
+anomaly map found them where the position z-map did not (voxel average precision inside brain and
+skull 0.219 against 0.031); the position error keeps the patient-level signal (region scores) and
+its own map.
 
 What it is. A ``ppr.statistics.calibration.Calibration`` with unit "intensity", fitted the same way as
 the position error's (robust median and spread per 8 mm block of pooled voxels, smoothed, floored),
 over healthy model-space volumes smoothed with a Gaussian of ``DENSITY_SMOOTHING_VOXELS`` (single
-voxels are noise: 2 mm voxels of a 1 mm scan still carry ~3-5 HU of it). The intensity z is two-sided
-(``|z|``): denser than usual (fresh blood, bone where none belongs) and less dense (oedema, infarct,
-air, a missing piece of skull) both count. Its overlay threshold is that of the shown anomaly map (``anomaly_map``): its 99th percentile in the
-reference's brain and skull over the calibration scans, each held out (its intensity against the atlas
-of the other scans, its position error against the calibration of the other calibration scans), like
-the position z's.
+voxels are noise: 2 mm voxels of a 1 mm scan still carry ~3-5 HU of it), over soft tissue only
+(``soft_tissue_mask``). The intensity z is two-sided (``|z|``): denser than usual (fresh blood) and
+less dense (oedema, infarct, air) both count. Its overlay threshold is that of the shown anomaly map
+(``anomaly_map``): its 99th percentile in the reference's brain and skull over the calibration
+scans, each held out (its intensity against the atlas of the other scans, its position error
+against the calibration of the other calibration scans), like the position z's.
 
 What it does not: read files, run the network, or decide what is shown (``ppr.workflows.detection``).
 """
@@ -95,19 +95,19 @@ def fit_intensity_atlas(
     if position_z_maps and position_threshold_z is None:
         raise ValueError("position_z_maps need position_threshold_z")
     smoothed = [density(volume) for volume in volumes]
-    heads = [np.asarray(mask, dtype=bool) for mask in tissue_masks]
+    tissues = [np.asarray(mask, dtype=bool) for mask in tissue_masks]
     counted = range(len(position_z_maps)) if position_z_maps else range(len(smoothed))
     held_out = []
     for index in counted:
         others = [i for i in range(len(smoothed)) if i != index]
         atlas = fit_calibration([smoothed[i] for i in others], [case_names[i] for i in others], config,
-                                [heads[i] for i in others], unit="intensity")
-        values = np.where(heads[index], np.abs(z_map(smoothed[index], atlas)), 0.0)
+                                [tissues[i] for i in others], unit="intensity")
+        values = np.where(tissues[index], np.abs(z_map(smoothed[index], atlas)), 0.0)
         if position_z_maps:
             values = anomaly_map(values, position_z_maps[index], float(position_threshold_z))
-        held_out.append(values[heads[index] & np.asarray(threshold_mask, dtype=bool)])
+        held_out.append(values[tissues[index] & np.asarray(threshold_mask, dtype=bool)])
     threshold = float(np.percentile(np.concatenate(held_out), config.overlay_percentile))
-    atlas = fit_calibration(smoothed, case_names, config, heads, unit="intensity")
+    atlas = fit_calibration(smoothed, case_names, config, tissues, unit="intensity")
     return dataclasses.replace(atlas, overlay_threshold_z=threshold)
 
 
@@ -123,8 +123,8 @@ def anomaly_map(intensity_z: np.ndarray, position_z: np.ndarray, position_thresh
     Where the position error is ordinary (z <= 0) it is the intensity |z| itself, so the atlas's
     overlay threshold applies; where the network could not place the patch either (z at the position
     threshold) the same density deviation counts twice. Chosen on the validation set of the model card
-    (40 synthetic anomalies of 0.3-104 mL in 5 held-out healthy heads; inside brain and skull; atlas
-    with bone in it, the first round): voxel average precision 0.134, best Dice 0.252, top 1 % touches
+    (40 synthetic anomalies of 0.3-104 mL in 5 held-out healthy heads; inside brain and skull; with
+    the first atlas, bone in it): voxel average precision 0.134, best Dice 0.252, top 1 % touches
     the anomaly in 23 of 40, against 0.181 / 0.238 / 22 for the intensity |z| alone and 0.031 / 0.097
     / 16 for the position z; the sum and the maximum of the two (each over its threshold) were lower
     (0.067 / 0.191 / 21 and 0.059 / 0.179 / 18). With the soft-tissue atlas (``soft_tissue_mask``,
