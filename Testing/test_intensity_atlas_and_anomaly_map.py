@@ -161,6 +161,7 @@ def test_evaluate_puts_the_position_z_map_and_the_anomaly_map_side_by_side(bundl
             assert 0.0 <= figures[region]["voxel_ap"] <= 1.0 and 0.0 <= figures[region]["best_dice"] <= 1.0
             assert figures[region]["top1_touches"] in (0, 1)
         assert set(figures["healthy_flagged"]) == {"ctich_111"}
+        assert figures["patient_auroc_p99_brain_and_skull"] in (0.0, 0.5, 1.0)  # one case against one
     assert "localisation on 1 lesion cases" in out and "anomaly" in out
     # MOOD files show the anomaly map (0 outside brain and skull, so 1/(1+e^(threshold/width)) there)
     # and score the case on the position z-map's scale.

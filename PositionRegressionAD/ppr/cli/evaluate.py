@@ -103,6 +103,8 @@ def print_summary(summary: dict) -> None:
                               for region in ("head", "brain and skull"))
             healthy = figures["healthy_flagged_mean"]
             above = "" if healthy is None else f"; healthy brain and skull above its threshold {100 * healthy:.2f} %"
+            if figures.get("patient_auroc_p99_brain_and_skull") is not None:
+                above += f"; patient AUROC of its p99 in brain and skull {figures['patient_auroc_p99_brain_and_skull']:.3f}"
             print(f"    {kind:10s} {cells} (threshold z {figures['threshold']:.2f}{above})")
     flagged = summary.get("healthy_flagged_fraction")
     if flagged is not None:

@@ -513,8 +513,9 @@ def localisation_pass(
     head; the reference's brain and skull inside it), the voxel average precision, the best Dice
     over thresholds and in how many cases the top 1 % of the map's voxels in that region touches
     the lesion (at least one lesion voxel among them); and per map its overlay threshold and the
-    fraction of the healthy cases' brain and skull (model space) at or above it. None without
-    lesion masks.
+    fraction of the healthy cases' brain and skull (model space) at or above it, and the patient
+    AUROC of its 99th percentile in brain and skull (healthy cases against the lesion cases; for
+    information: the region scores stay the position z's). None without lesion masks.
 
     The maps go model space -> input space linearly (0 outside the model grid, as detection writes
     them), the regions by nearest neighbour."""
@@ -529,6 +530,7 @@ def localisation_pass(
         thresholds["anomaly"] = float(intensity_atlas.overlay_threshold_z)
 
     healthy_flagged: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    p99: dict[str, list[tuple[int, float]]] = {kind: [] for kind in kinds}  # (anomalous, p99 in brain and skull)
     for result in results:
         if result.scored and result.case.anomalous == 0:
             maps, _ = _detect_or_load(result.case, detector, cache, need_volume=intensity_atlas is not None)
@@ -536,10 +538,13 @@ def localisation_pass(
             focus = focus_mask(region_masks, head)
             for kind in kinds:
                 healthy_flagged[kind][result.case.name] = float(np.mean(model_maps[kind][focus] >= thresholds[kind]))
+                p99[kind].append((0, float(np.percentile(model_maps[kind][focus], 99.0))))
     per_case = []
     for result in lesion_cases:
         maps, _ = _detect_or_load(result.case, detector, cache, need_volume=intensity_atlas is not None)
         model_maps, head = model_space_maps(maps, calibration, region_masks, intensity_atlas, preprocess)
+        for kind in kinds:
+            p99[kind].append((result.case.anomalous, float(np.percentile(model_maps[kind][focus_mask(region_masks, head)], 99.0))))
         input_image = read_image(result.case.image_path)
         lesion = _mask_in_input_space(result.case, input_image)
         regions = {"head": head, "brain and skull": focus_mask(region_masks, head)}
@@ -568,6 +573,10 @@ def localisation_pass(
         summary["maps"][kind]["threshold"] = thresholds[kind]
         summary["maps"][kind]["healthy_flagged_mean"] = float(np.mean(list(flagged.values()))) if flagged else None
         summary["maps"][kind]["healthy_flagged"] = flagged
+        labels = np.array([label for label, _ in p99[kind]], dtype=int)
+        summary["maps"][kind]["patient_auroc_p99_brain_and_skull"] = (
+            none_if_nan(roc_auc(labels, np.array([value for _, value in p99[kind]])))
+            if 0 < labels.sum() < labels.size else None)
     return summary
 
 
