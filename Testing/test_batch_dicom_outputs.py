@@ -94,9 +94,11 @@ def _read(path: Path):
         return pydicom.dcmread(path)
 
 
-def _check_dicom_row(row: dict[str, str], output: Path, series: Path, shown_map: Path, whole_head: float) -> None:
+def _check_dicom_row(row: dict[str, str], output: Path, series: Path, shown_map: Path, whole_head: float,
+                     quantity: str = "PPRERROR") -> None:
     """The row names the three files in OUTPUT/<scan>/dicom/; each is the right SOP class, of the source's
-    study and frame of reference; the map holds the NIfTI map's values; the report the row's scores."""
+    study and frame of reference; the map holds the NIfTI map's values (uint16 through the Real World
+    Value Mapping: within half a quantisation step) and its ``quantity`` code; the report the row's scores."""
     folder = output / row["Scan"] / batch.DICOM_FOLDER_NAME
     assert row["DICOM"].split(batch.DICOM_SEPARATOR) == [str(folder / name) for name in DICOM_RESULT_NAMES]
     assert sorted(path.name for path in folder.iterdir()) == sorted(DICOM_RESULT_NAMES)
@@ -107,10 +109,16 @@ def _check_dicom_row(row: dict[str, str], output: Path, series: Path, shown_map:
         assert dataset.StudyInstanceUID == source.StudyInstanceUID
     for name in DICOM_RESULT_NAMES[:2]:
         assert objects[name].FrameOfReferenceUID == source.FrameOfReferenceUID
-    values = objects[DICOM_RESULT_NAMES[0]].pixel_array.astype(np.float32)
-    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(shown_map), sitk.sitkFloat32))
+    parametric_map = objects[DICOM_RESULT_NAMES[0]]
+    mapping = parametric_map.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == quantity
+    assert (parametric_map.BitsAllocated, parametric_map.PixelRepresentation) == (16, 0)
+    slope, intercept = float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)
+    values = parametric_map.pixel_array.astype(np.float64) * slope + intercept
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(shown_map), sitk.sitkFloat32)).astype(np.float64)
     assert values.size == expected.size
-    assert np.array_equal(np.sort(values, axis=None), np.sort(expected, axis=None))  # every value, exactly
+    # Every value within half a step (the quantisation is monotonic, so sorted values pair up).
+    assert np.max(np.abs(np.sort(values, axis=None) - np.sort(expected, axis=None))) <= slope / 2 * (1 + 1e-9)
     segments = objects[DICOM_RESULT_NAMES[1]].SegmentSequence
     assert all(item.SegmentLabel.startswith("Anomaly candidate") for item in segments)
     reported = [float(item.MeasuredValueSequence[0].NumericValue)
@@ -206,7 +214,8 @@ def test_the_bundled_model_on_a_real_series_and_a_dev_scan(tmp_path, capsys):
     rows = _rows(output)
     series = rows[REAL_SERIES.name]
     assert series["Status"] == "ok" and series["Overlay map"] == "z", series
-    _check_dicom_row(series, output, REAL_SERIES, Path(series["z-map"]), float(series["Whole head"]))
+    # The z-map is the anomaly map: its local quantity, not a Z-score.
+    _check_dicom_row(series, output, REAL_SERIES, Path(series["z-map"]), float(series["Whole head"]), "ANOMALY")
     nifti = rows[NIFTI_SCAN]
     assert nifti["Status"] == "ok" and nifti["DICOM"] == "" and nifti["Reason"] == NO_DICOM_INPUT
     assert (output / NIFTI_SCAN / "z_map.nii.gz").is_file()

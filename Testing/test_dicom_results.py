@@ -4,8 +4,10 @@
 On the real series of ``real-hu-dicom``: a Parametric Map of the shown map, a Segmentation of the
 anomaly candidates and a TID 1500 report, read back with pydicom and highdicom: their SOP classes,
 the source's study and frame of reference, every source instance referenced, the segmentation equal
-to the candidates labelmap voxel for voxel on the input grid, the map's values equal to the NIfTI
-map's (float32: exactly). The writer is checked on synthetic maps on the untilted series' grid
+to the candidates labelmap voxel for voxel on the input grid, the map's values (uint16 through the
+Real World Value Mapping) equal to the NIfTI map's within half a quantisation step, its 0 exactly,
+and its quantity the map's: the anomaly map's local code (99PPR "ANOMALY", unit "1"), the position
+z-map's Z-score, the error map's mm. The writer is checked on synthetic maps on the untilted series' grid
 (seconds); one detection at stride 4 on the gantry-tilted series (``ge-tilt``, ~40 s) checks the
 command end to end and that the objects lie on the resampled grid, not on the tilted source slices.
 A NIfTI input with ``--dicom-out`` is refused before any work.
@@ -89,6 +91,22 @@ def _map_values(path: Path, image: sitk.Image) -> np.ndarray:
     return _on_grid(volume, image)
 
 
+def _mapping(path: Path):
+    return pydicom.dcmread(path, stop_before_pixels=True).SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+
+
+def _check_within_half_a_step(path: Path, values: np.ndarray, expected: np.ndarray) -> None:
+    """The read-back ``values`` are the NIfTI map's within half a quantisation step (the mapping's slope;
+    float64 rounding aside), the map's 0 exactly; the pixels are uint16 (no float pixel data)."""
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    assert (dataset.BitsAllocated, dataset.PixelRepresentation) == (16, 0)
+    assert "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset
+    slope = float(_mapping(path).RealWorldValueSlope)
+    assert values.shape == expected.shape
+    assert np.max(np.abs(values - expected.astype(np.float64))) <= slope / 2 * (1 + 1e-9)
+    assert np.all(values[expected == 0] == 0)
+
+
 def _check_references(dataset, sources: list) -> None:
     source = sources[0]
     assert dataset.StudyInstanceUID == source.StudyInstanceUID
@@ -162,13 +180,53 @@ def test_segmentation_equals_the_candidates_labelmap_voxel_for_voxel(synthetic):
                                                                                   "Anomaly candidate 2"]
 
 
-def test_parametric_map_holds_the_map_exactly_in_mm(synthetic):
-    pm = pydicom.dcmread(synthetic["paths"][0], stop_before_pixels=True)
-    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+def test_parametric_map_holds_the_map_in_mm_within_half_a_step(synthetic):
+    mapping = _mapping(synthetic["paths"][0])
     assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "mm"
-    assert "FloatPixelData" in pydicom.dcmread(synthetic["paths"][0])  # float32 pixels: no quantisation
-    values = _map_values(synthetic["paths"][0], synthetic["image"])
-    assert np.array_equal(values.astype(np.float32), sitk.GetArrayFromImage(synthetic["map"]))
+    assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "PPRERROR"
+    expected = sitk.GetArrayFromImage(synthetic["map"])
+    # min 0, max ~80 mm: 0..65535 spread over it, 0 at 0.
+    assert float(mapping.RealWorldValueIntercept) == 0.0
+    assert float(mapping.RealWorldValueSlope) == pytest.approx(float(expected.max()) / 65535, rel=1e-9)
+    _check_within_half_a_step(synthetic["paths"][0], _map_values(synthetic["paths"][0], synthetic["image"]), expected)
+
+
+@pytest.mark.parametrize("shown_map, code, scheme, unit", [("anomaly", "ANOMALY", "99PPR", "1"),
+                                                           ("position z", "113071", "DCM", "{z-score}")])
+def test_the_quantity_is_the_shown_maps(synthetic, tmp_path, shown_map, code, scheme, unit):
+    """The anomaly map is z-like but no z-score: a local code, unit "1"; the position z-map a Z-score.
+    The position z-map has negative values: the intercept takes them, and its 0 stays exactly 0."""
+    from ppr.workflows.dicom_results import write_dicom_results
+
+    errors = sitk.GetArrayFromImage(synthetic["map"])
+    z = np.where(errors > 0, (errors - 30.0) / 8.0, 0.0).astype(np.float32)  # about -1.3 .. 7.5, 0 outside
+    if shown_map == "anomaly":
+        z = np.maximum(z, 0.0)
+    z_map = sitk.GetImageFromArray(z)
+    z_map.CopyInformation(synthetic["map"])
+    paths = write_dicom_results(synthetic["folder"], tmp_path, z_map, "z", synthetic["candidates"], None,
+                                threshold=3.7, shown_map=shown_map)
+    mapping = _mapping(paths[0])
+    quantity = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+    assert (quantity.CodeValue, quantity.CodingSchemeDesignator) == (code, scheme)
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == unit
+    assert mapping.MeasurementUnitsCodeSequence[0].CodingSchemeDesignator == "UCUM"
+    if shown_map == "anomaly":
+        assert quantity.CodeMeaning == "Anomaly map (density z raised by position z)"
+        assert "z-score" not in str(pydicom.dcmread(paths[0], stop_before_pixels=True)).lower()
+    else:
+        assert z.min() < 0 and float(mapping.RealWorldValueIntercept) < 0  # 0 on the grid, not at stored 0
+    _check_within_half_a_step(paths[0], _map_values(paths[0], synthetic["image"]), z)
+
+
+def test_the_shown_map_must_fit_the_unit(synthetic, tmp_path):
+    from ppr.workflows.dicom_results import write_dicom_results
+
+    for unit, shown_map in (("z", "none"), ("mm", "anomaly"), ("z", "anomaly map")):
+        with pytest.raises(ValueError, match="shown_map"):
+            write_dicom_results(synthetic["folder"], tmp_path / "out", synthetic["map"], unit,
+                                synthetic["candidates"], shown_map=shown_map)
+    assert not (tmp_path / "out").exists()
 
 
 def test_report_holds_one_measurement_per_scored_region(synthetic):
@@ -322,14 +380,18 @@ def test_detect_writes_dicom_results_on_the_resampled_grid_of_a_tilted_series(ti
         assert dataset.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
         _check_references(dataset, sources)
     mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
-    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "{z-score}"
+    # The bundled model's z-map is the anomaly map: a local quantity, unit "1", not a z-score.
+    assert report["shown_map"] == "anomaly"
+    quantity = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+    assert (quantity.CodeValue, quantity.CodingSchemeDesignator) == ("ANOMALY", "99PPR")
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
 
-    # The map shown is the z-map: the Parametric Map holds the NIfTI z-map exactly, on its grid.
+    # The map shown is the z-map: the Parametric Map holds the NIfTI z-map within half a step, on its grid.
     z_map = sitk.ReadImage(report["z_map"])
     grid = read_image(tilted_detection["folder"])
     assert z_map.GetSize() == grid.GetSize()
     z = sitk.GetArrayFromImage(z_map)
-    assert np.array_equal(_map_values(paths[0], z_map).astype(np.float32), z)
+    _check_within_half_a_step(paths[0], _map_values(paths[0], z_map), z)
     # The candidates are the regions above the calibration's threshold, as the module cuts them.
     expected = candidate_labels(z, z_map.GetSpacing(), report["overlay_threshold"])
     assert np.array_equal(_segmentation_labels(paths[1], z_map), expected)

@@ -454,7 +454,9 @@ def write_dicom(scan: Path, results: DetectionResults, map_path: Path, settings:
     return write_dicom_results(scan, dicom_dir, shown.image, shown.unit,
                                candidates_image(shown, display.min_candidate_volume_mm3, display.max_candidates),
                                regions, threshold=shown.threshold, aggregate=str(scores.get("Region score") or "p99"),
-                               score_unit="z" if results.score_map == "z" else error_unit)
+                               score_unit="z" if results.score_map == "z" else error_unit,
+                               # the detector's report: the z-map is the anomaly map or the position z-map
+                               shown_map=results.shown_map if shown.unit == "z" else "none")
 
 
 def write_scores(path: Path, rows: list[dict[str, object]]) -> None:

@@ -3,11 +3,17 @@
 For a scan read from a DICOM series folder, ``write_dicom_results`` writes into one output folder:
 
 - ``anomaly_map_pm.dcm``: a **Parametric Map** (highdicom.pm.ParametricMap, SOP class
-  1.2.840.10008.5.1.4.1.1.30) of the map the user is shown: the calibrated z-map (unit UCUM
-  "{z-score}", quantity DCM 113071 "Z-score") or, without calibration, the position error (UCUM "mm";
-  an autoencoder's residual: UCUM "1"). Stored as **32-bit float** pixels (FloatPixelData) with an
-  identity Real World Value Mapping (slope 1, intercept 0, the map's value range): every value is
-  the NIfTI map's float32 value exactly, no quantisation.
+  1.2.840.10008.5.1.4.1.1.30) of the map the user is shown (``shown_map``): the anomaly map of a
+  model with an intensity atlas (unit UCUM "1", quantity the local code 99PPR "ANOMALY", "Anomaly map
+  (density z raised by position z)": z-like, dimensionless, but not a z-score), the calibrated
+  position z-map (unit UCUM "{z-score}", quantity DCM 113071 "Z-score") or, without calibration, the
+  position error (UCUM "mm"; an autoencoder's residual: UCUM "1"). Stored as **16-bit unsigned
+  integers** (PixelData: 2 bytes a voxel, half the float32 size) with a linear
+  Real World Value Mapping (``_quantise``): the slope spreads the map's min..max over 0..65535 and
+  the intercept puts the minimum (negative values too) at 0, so every value read back through the
+  mapping is the NIfTI map's float32 value within half a quantisation step (slope / 2); a 0 of the
+  map (outside brain and skull) is stored exactly. The VOI window is given in stored values, as the
+  Parametric Map's VOI LUT applies to them.
 - ``anomaly_candidates_seg.dcm``: a **Segmentation** (highdicom.seg.Segmentation, BINARY, SOP class
   1.2.840.10008.5.1.4.1.1.66.4) of the anomaly candidates, one segment per candidate ("Anomaly
   candidate 1" = the largest, as in the Slicer module, from ``ppr.statistics.candidates``), empty
@@ -47,7 +53,8 @@ choices::
 
     shown = ShownMap(z_map_image, "z", threshold_z)        # or (error_map_image, "mm", threshold_mm)
     write_dicom_results(series_dir, out_dir, shown.image, shown.unit, candidates_image(shown),
-                        report_regions, threshold=shown.threshold, aggregate="p99", score_unit="z")
+                        report_regions, threshold=shown.threshold, aggregate="p99", score_unit="z",
+                        shown_map="anomaly")               # what a "z" map is: "anomaly" or "position z"
 
 The maps must lie on the grid ``read_image(series_dir)`` gives (the NIfTI maps ``ppr detect``
 writes do); ``dicom_result_paths(out_dir)`` names the files, to check before computing.
@@ -96,6 +103,10 @@ _MANUFACTURER = "PositionRegressionAD"
 _MODEL_NAME = "ppr detect"
 _SCHEME = "99PPRAD"  # private coding scheme for what no standard code names
 _UNITS = ("z", "mm", "intensity")
+# What a map in "z" is (``DetectionResult.shown_map``): the anomaly map or the position z-map.
+_Z_MAPS = ("anomaly", "position z")
+_LOCAL_SCHEME = "99PPR"  # local codes of the map's quantity
+_STORED_MAX = 65535  # the Parametric Map stores uint16
 # Patient and study attributes the derived objects copy; absent ones are copied as empty (Type 2).
 _TYPE_2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                          "StudyID", "AccessionNumber", "ReferringPhysicianName")
@@ -153,27 +164,34 @@ def write_detection_dicom(source_series_dir: os.PathLike | str, result: "Detecti
                           min_volume_mm3: float = MIN_CANDIDATE_VOLUME_MM3, max_candidates: int = MAX_CANDIDATES,
                           aggregate: str | None = None, report: bool = True) -> list[Path]:
     """A ``DetectionResult`` as DICOM: the shown map, its candidates and the region scores
-    (``shown_map``, ``candidates_image``, then ``write_dicom_results``)."""
+    (``shown_map``, ``candidates_image``, then ``write_dicom_results``; the map's quantity from
+    ``result.shown_map``)."""
     shown = shown_map(result, threshold)
     return write_dicom_results(
         source_series_dir, out_dir, shown.image, shown.unit, candidates_image(shown, min_volume_mm3, max_candidates),
         result.regions if report else None, threshold=shown.threshold,
-        aggregate=aggregate or result.options.scores.aggregate, score_unit=result.score_map)
+        aggregate=aggregate or result.options.scores.aggregate, score_unit=result.score_map,
+        shown_map=result.shown_map if shown.unit == "z" else "none")
 
 
 def write_dicom_results(source_series_dir: os.PathLike | str, out_dir: os.PathLike | str, anomaly_map: sitk.Image,
                         unit: str, candidates: sitk.Image, region_scores: Mapping[str, float | None] | None = None,
                         *, threshold: float | None = None, aggregate: str = "p99",
-                        score_unit: str | None = None) -> list[Path]:
+                        score_unit: str | None = None, shown_map: str | None = None) -> list[Path]:
     """Write the Parametric Map, the Segmentation and (given ``region_scores``) the TID 1500 report.
 
     source_series_dir: the DICOM series folder the scan was read from (``read_image``'s input).
     anomaly_map: the shown map (z-map or error map) on the input's grid, as ``read_image`` placed
-        it (float; written as float32). unit: its unit, "z", "mm" or "intensity".
+        it (float, finite; stored as uint16 within half a quantisation step, ``_quantise``). unit: its
+        unit, "z", "mm" or "intensity".
     candidates: labelmap on the same grid (0 background, 1..n candidates; e.g. ``candidates_image``).
     region_scores: region name -> score (None: the region misses the scan), in ``score_unit``
         (default ``unit``), the ``aggregate`` of the map in each region.
     threshold: the candidates' threshold, recorded in the descriptions.
+    shown_map: what a map in "z" is (``DetectionResult.shown_map``): "anomaly" (the anomaly map:
+        quantity 99PPR "ANOMALY", unit UCUM "1") or "position z" (the position z-map: DCM 113071
+        "Z-score", UCUM "{z-score}"); None: "position z" for a "z" map. A map in mm or intensity
+        takes None or "none".
 
     Returns the written paths (``dicom_result_paths``). Raises ``InputImageError`` when the folder
     holds no DICOM series, ``ValueError`` for inconsistent arguments, ``OutputFileError`` when a
@@ -184,15 +202,22 @@ def write_dicom_results(source_series_dir: os.PathLike | str, out_dir: os.PathLi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return _write_dicom_results(source_series_dir, out_dir, anomaly_map, unit, candidates, region_scores,
-                                    threshold, aggregate, score_unit)
+                                    threshold, aggregate, score_unit, shown_map)
 
 
 def _write_dicom_results(source_series_dir, out_dir, anomaly_map, unit, candidates, region_scores, threshold,
-                         aggregate, score_unit) -> list[Path]:
+                         aggregate, score_unit, shown_map) -> list[Path]:
     import highdicom as hd  # here: only a DICOM export needs it
 
     if unit not in _UNITS:
         raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}")
+    if unit == "z":
+        shown_map = shown_map or "position z"
+        if shown_map not in _Z_MAPS:
+            raise ValueError(f"a map in z must be one of {_Z_MAPS}, got shown_map={shown_map!r}")
+    elif shown_map not in (None, "none"):
+        raise ValueError(f"a map in {unit} is no z-map: shown_map must be None or 'none', got {shown_map!r}")
+    anomaly = shown_map == "anomaly"
     check_dicom_input(source_series_dir)
     _check_same_grid(anomaly_map, candidates)
     out_dir = Path(out_dir)
@@ -201,20 +226,24 @@ def _write_dicom_results(source_series_dir, out_dir, anomaly_map, unit, candidat
     version = _version()
 
     values = sitk.GetArrayFromImage(anomaly_map).astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("the anomaly map holds NaN or infinite values: it cannot be stored as a Parametric Map")
+    stored, slope, intercept = _quantise(values)
     parametric_map = hd.pm.ParametricMap(
         source_images=sources,
-        pixel_array=_volume(hd, values, anomaly_map, frame_of_reference),
+        pixel_array=_volume(hd, stored, anomaly_map, frame_of_reference),
         series_instance_uid=hd.UID(), series_number=_SERIES_NUMBERS[PARAMETRIC_MAP_NAME],
         sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=_MANUFACTURER, manufacturer_model_name=_MODEL_NAME, software_versions=version,
         device_serial_number="1",
         # The error map covers the whole head surface: it may show the face.
         contains_recognizable_visual_features=True,
-        real_world_value_mappings=[_value_mapping(hd, unit, values)],
-        voi_lut_transformations=[_window(hd, values, unit, threshold)],
+        real_world_value_mappings=[_value_mapping(hd, unit, anomaly, stored, slope, intercept)],
+        voi_lut_transformations=[_window(hd, values, unit, threshold, slope, intercept)],
         content_label="ANOMALYMAP",
-        content_description=_map_description(unit, threshold)[:64],
-        series_description=f"Anomaly {'z-map' if unit == 'z' else 'error map'} (PPR)"[:64],
+        content_description=_map_description(unit, threshold, anomaly)[:64],
+        series_description=("Anomaly map (PPR)" if anomaly
+                            else f"Anomaly {'z-map' if unit == 'z' else 'error map'} (PPR)")[:64],
     )
 
     labels = sitk.GetArrayFromImage(candidates).astype(np.uint16)
@@ -223,14 +252,14 @@ def _write_dicom_results(source_series_dir, out_dir, anomaly_map, unit, candidat
         source_images=sources,
         pixel_array=_volume(hd, labels, candidates, frame_of_reference),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segments(hd, labels, anomaly_map, unit, values, version),
+        segment_descriptions=_segments(hd, labels, anomaly_map, unit, values, version, anomaly),
         series_instance_uid=hd.UID(), series_number=_SERIES_NUMBERS[SEGMENTATION_NAME],
         sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=_MANUFACTURER, manufacturer_model_name=_MODEL_NAME, software_versions=version,
         device_serial_number="1",
         content_label="CANDIDATES",
         content_description=(f"{count} anomaly candidate(s)"
-                             + ("" if threshold is None else f" at {_value(threshold, unit)} or above"))[:64],
+                             + ("" if threshold is None else f" at {_value(threshold, unit, anomaly)} or above"))[:64],
         series_description="Anomaly candidates (PPR)",
         omit_empty_frames=count > 0,  # a segmentation needs a frame: with no candidate keep them all
     )
@@ -305,10 +334,33 @@ def _unit_code(hd, unit: str):
     return codes.UCUM.NoUnits  # an autoencoder's residual in the model's normalised intensity
 
 
-def _value_mapping(hd, unit: str, values: np.ndarray):
+def _quantise(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``values`` as uint16 ``stored`` with ``values ~ stored * slope + intercept`` (float64), every
+    value within slope / 2 (half a step): the slope spreads min..max over the 65536 stored values and
+    the intercept puts the minimum at 0. A map with values on both sides of 0 has 0 on the grid (one
+    step less, so the maximum still fits), so the map's 0 (outside brain and skull) reads back as 0."""
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if high <= low:  # constant (or empty): all stored 0, read back exactly
+        return np.zeros(values.shape, np.uint16), 1.0, low
+    if low < 0.0 < high:
+        slope = (high - low) / (_STORED_MAX - 1)
+        intercept = -math.ceil(-low / slope) * slope  # stored value of 0: ceil(-low / slope) <= 65534
+    else:
+        slope, intercept = (high - low) / _STORED_MAX, low
+    stored = np.rint((values.astype(np.float64) - intercept) / slope)
+    return np.clip(stored, 0, _STORED_MAX).astype(np.uint16), slope, intercept
+
+
+def _value_mapping(hd, unit: str, anomaly: bool, stored: np.ndarray, slope: float, intercept: float):
     from pydicom.sr.codedict import codes
 
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    low, high = (int(stored.min()), int(stored.max())) if stored.size else (0, 0)
+    if anomaly:
+        label, explanation, unit_code = "ANOMALY", "Anomaly map (density z raised by position z)", codes.UCUM.NoUnits
+        quantity = hd.sr.CodedConcept("ANOMALY", _LOCAL_SCHEME, "Anomaly map (density z raised by position z)")
+        return hd.pm.RealWorldValueMapping(lut_label=label, lut_explanation=explanation, unit=unit_code,
+                                           value_range=(low, high), slope=slope, intercept=intercept,
+                                           quantity_definition=quantity)
     if unit == "z":
         label, explanation, quantity = "ZSCORE", "Anomaly z-score (calibrated PPR position error)", codes.DCM.ZScore
     elif unit == "mm":
@@ -318,28 +370,33 @@ def _value_mapping(hd, unit: str, values: np.ndarray):
         label, explanation = "RESIDUAL", "Autoencoder residual (normalised intensity)"
         quantity = hd.sr.CodedConcept("AERESIDUAL", _SCHEME, "Autoencoder residual")
     return hd.pm.RealWorldValueMapping(lut_label=label, lut_explanation=explanation, unit=_unit_code(hd, unit),
-                                       value_range=(low, high), slope=1.0, intercept=0.0,
+                                       value_range=(low, high), slope=slope, intercept=intercept,
                                        quantity_definition=quantity)
 
 
-def _window(hd, values: np.ndarray, unit: str, threshold: float | None):
-    """0 (as usual) up to a robust maximum, as the module's colour range."""
+def _window(hd, values: np.ndarray, unit: str, threshold: float | None, slope: float, intercept: float):
+    """0 (as usual) up to a robust maximum, as the module's colour range; in stored values (the
+    Parametric Map's VOI LUT applies to them, the Real World Value Mapping is beside it)."""
     support = values[values != 0] if unit == "z" else values[values > 0]
     top = float(np.percentile(support, 99.9)) if support.size else 1.0
     top = max(top, 1.25 * threshold if threshold else 0.0, 1e-6)
-    return hd.VOILUTTransformation(window_center=top / 2.0, window_width=top)
+    return hd.VOILUTTransformation(window_center=(top / 2.0 - intercept) / slope, window_width=top / slope)
 
 
-def _map_description(unit: str, threshold: float | None) -> str:
-    kind = {"z": "anomaly z-map", "mm": "position error map", "intensity": "AE residual map"}[unit]
-    return kind if threshold is None else f"{kind}, threshold {_value(threshold, unit)}"
+def _map_description(unit: str, threshold: float | None, anomaly: bool = False) -> str:
+    kind = "anomaly map" if anomaly else {"z": "anomaly z-map", "mm": "position error map",
+                                          "intensity": "AE residual map"}[unit]
+    return kind if threshold is None else f"{kind}, threshold {_value(threshold, unit, anomaly)}"
 
 
-def _value(value: float, unit: str) -> str:
+def _value(value: float, unit: str, anomaly: bool = False) -> str:
+    if anomaly:
+        return f"{value:.2f}"  # dimensionless, z-like, not a z-score
     return {"z": f"z {value:.2f}", "mm": f"{value:.1f} mm"}.get(unit, f"{value:.4g}")
 
 
-def _segments(hd, labels: np.ndarray, grid: sitk.Image, unit: str, values: np.ndarray, version: str) -> list:
+def _segments(hd, labels: np.ndarray, grid: sitk.Image, unit: str, values: np.ndarray, version: str,
+              anomaly: bool = False) -> list:
     from pydicom.sr.codedict import codes
 
     algorithm = hd.AlgorithmIdentificationSequence(name="Position Regression AD", version=version,
@@ -360,7 +417,7 @@ def _segments(hd, labels: np.ndarray, grid: sitk.Image, unit: str, values: np.nd
         hd.seg.SegmentDescription(
             segment_number=rank,
             segment_label=f"Anomaly candidate {rank}: {sizes[rank] * voxel_ml:.1f} mL, peak "
-                          f"{_value(peaks[rank], unit)}"[:64],
+                          f"{_value(peaks[rank], unit, anomaly)}"[:64],
             segmented_property_category=category, segmented_property_type=kind,
             algorithm_type="AUTOMATIC", algorithm_identification=algorithm,
             tracking_uid=hd.UID(), tracking_id=f"Anomaly candidate {rank}")
