@@ -434,7 +434,7 @@ def write_mood(scan: Path, results: DetectionResults, map_path: Path, mood_dir: 
 def write_dicom(scan: Path, results: DetectionResults, map_path: Path, settings: BatchSettings,
                 dicom_dir: Path) -> list[Path]:
     """The scan's DICOM results (``ppr.workflows.dicom_results``), referencing its series: the shown map
-    (``map_path``, the z-map or error map as written, values exactly the NIfTI's) as a Parametric Map,
+    (``map_path``, the z-map or error map as written; within half a quantisation step) as a Parametric Map,
     its anomaly candidates (the module's: same threshold, minimum volume and count) as a Segmentation,
     and the region scores as a TID 1500 report. Each file whole or not at all."""
     from ppr.image.geometry import Grid
