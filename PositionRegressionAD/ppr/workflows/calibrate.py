@@ -6,15 +6,14 @@ What it does:
   copy of it; the bundle's checksums are refreshed (``ppr.workflows.bundle.checksums_text``); both files are written
   whole to temporary names before either takes its name.
 - ``calibration_scans``: the scans named by files and folders (image files, DICOM series folders).
-
 - The intensity atlas (``ppr.statistics.intensity_atlas``) of the same healthy scans plus any
   ``atlas_images`` (healthy scans for the atlas only: the training scans may be among them, the atlas
   does not involve the network), written as ``intensity_atlas.npz`` when there are enough scans;
   with fewer, an earlier atlas is removed (it would not describe this scanner) and the shown map
   is the position z-map.
 
-What it does not: change any bundle file but ``calibration.npz`` and ``intensity_atlas.npz`` (with an output folder the
-bundle's other files are copied there unchanged), or estimate anything itself.
+What it does not: change any bundle file but ``calibration.npz`` and ``intensity_atlas.npz`` (with
+an output folder the bundle's other files are copied there unchanged), or estimate anything itself.
 """
 
 from __future__ import annotations
