@@ -14,10 +14,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 from vtk.util import numpy_support
-
 from PositionRegressionADLib.colormap import BONE_FRACTION, COLOR_TABLE_SINGLETON_TAG, SURFACE_TABLE_SINGLETON_TAG
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
-from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.report import table_row
 from PositionRegressionADLib.results import (
     INPUT_REFERENCE_ROLE,
@@ -26,7 +24,7 @@ from PositionRegressionADLib.results import (
     find_results,
     set_threshold,
 )
-from PositionRegressionADLib.scene_io import SceneContext, load_volume
+from PositionRegressionADLib.scene_io import load_volume
 from PositionRegressionADLib.skull_surface import ERROR_ARRAY_NAME
 from PositionRegressionADLib.testing import (
     BACKGROUND_ERROR_MM,
@@ -38,39 +36,10 @@ from PositionRegressionADLib.testing import (
     segment_mask,
     volume_fingerprint,
 )
-from synthetic_heads import LESION_LPS, SKULL_POINT_LPS, write_lesion_head
-
-
-@pytest.fixture(scope="module")
-def head_file(tmp_path_factory) -> Path:
-    return write_lesion_head(tmp_path_factory.mktemp("heads"))
-
-
-@pytest.fixture(autouse=True)
-def fake_peak_at_the_lesion(monkeypatch):
-    monkeypatch.setenv(FAKE_PEAK_VARIABLE, ",".join(str(v) for v in LESION_LPS))
-
-
-@pytest.fixture()
-def context(tmp_path) -> SceneContext:
-    return SceneContext.create(tmp_path / "cache")
-
-
-@pytest.fixture()
-def model_dir(tmp_path) -> Path:
-    path = tmp_path / "model"
-    path.mkdir()
-    return path
-
-
-def _slice_composite(scene) -> slicer.vtkMRMLSliceCompositeNode:
-    composite = slicer.vtkMRMLSliceCompositeNode()
-    composite.SetLayoutName("Red")
-    return scene.AddNode(composite)
-
-
-def _ijk_to_ras(node) -> np.ndarray:
-    return matrix_array(ijk_to_ras(node))
+from lesion_head_scene import (  # noqa: F401 (fixtures, used by name)
+    context, fake_peak_at_the_lesion, head_file, ijk_to_ras_array, model_dir, slice_composite,
+)
+from synthetic_heads import LESION_LPS, SKULL_POINT_LPS
 
 
 def _ras_bounds(node) -> np.ndarray:
@@ -81,7 +50,7 @@ def _ras_bounds(node) -> np.ndarray:
 
 def test_detection_adds_results_on_the_input_grid_with_display_configured(context, head_file, model_dir, tmp_path):
     volume = load_volume(context, head_file)
-    composite = _slice_composite(context.scene)
+    composite = slice_composite(context.scene)
     fingerprint = volume_fingerprint(volume)
     launcher = RecordingLauncher(InProcessFakeDetection)
     logic = DetectionLogic(context.scene, launcher=launcher, work_dir=tmp_path)
@@ -97,7 +66,7 @@ def test_detection_adds_results_on_the_input_grid_with_display_configured(contex
 
     # Error map: exactly the input's grid, peak where the detector put it.
     assert results.error_map.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
-    np.testing.assert_array_equal(_ijk_to_ras(results.error_map), _ijk_to_ras(volume))
+    np.testing.assert_array_equal(ijk_to_ras_array(results.error_map), ijk_to_ras_array(volume))
     errors = slicer.util.arrayFromVolume(results.error_map)
     assert 0.8 * PEAK_ERROR_MM < errors.max() <= PEAK_ERROR_MM + BACKGROUND_ERROR_MM
     np.testing.assert_allclose(results.max_error_ras, lps_to_ras(report["max_error_lps"]), atol=1e-3)
@@ -160,7 +129,7 @@ def test_detection_adds_results_on_the_input_grid_with_display_configured(contex
     assert segmentation.GetNumberOfSegments() >= 1
     labelmap, labelmap_ijk_to_ras = segment_mask(results.candidates, segmentation.GetNthSegmentID(0))
     assert labelmap.shape == errors.shape
-    np.testing.assert_allclose(labelmap_ijk_to_ras, _ijk_to_ras(volume), atol=1e-9)
+    np.testing.assert_allclose(labelmap_ijk_to_ras, ijk_to_ras_array(volume), atol=1e-9)
     assert labelmap[np.unravel_index(int(np.argmax(errors)), errors.shape)] == 1
     assert errors[labelmap > 0].min() >= results.threshold_mm - 1e-4
     assert results.candidates.GetNodeReferenceID("referenceImageGeometryRef") == volume.GetID()
@@ -203,7 +172,7 @@ def test_a_fixed_threshold_sets_overlay_and_candidates(context, head_file, model
     volume = load_volume(context, head_file)
     options = DetectionOptions(model_path=model_dir,
                                display=ResultDisplayOptions(overlay_threshold_mm=40.0, overlay_opacity=0.8))
-    composite = _slice_composite(context.scene)
+    composite = slice_composite(context.scene)
     results = DetectionLogic(context.scene, launcher=InProcessFakeDetection).detect(volume, options)
 
     assert results.threshold_mm == 40.0

@@ -21,7 +21,6 @@ from vtk.util import numpy_support
 
 from PositionRegressionADLib.colormap import BONE_FRACTION
 from PositionRegressionADLib.detection_logic import DetectionLogic, DetectionOptions
-from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.process import ChildProcess
 from PositionRegressionADLib.report import REGION_LABELS, ResultImportError, table_row
 from PositionRegressionADLib.rendering import render_slices, slice_pixel_of
@@ -35,7 +34,6 @@ from PositionRegressionADLib.results import (
 from PositionRegressionADLib.scene_io import SceneContext, load_scene_mrb, load_volume, save_scene_mrb
 from PositionRegressionADLib.skull_surface import ERROR_ARRAY_NAME, Z_ARRAY_NAME
 from PositionRegressionADLib.testing import (
-    FAKE_PEAK_VARIABLE,
     InProcessFakeDetection,
     RecordingLauncher,
     lps_to_ras,
@@ -51,38 +49,10 @@ from fake_calibrated_detector import (
     MissingZMapDetection,
 )
 from ppr.errors import BundleError
-from synthetic_heads import synthetic_head, write_lesion_head
-
-@pytest.fixture(scope="module")
-def head_file(tmp_path_factory) -> Path:
-    return write_lesion_head(tmp_path_factory.mktemp("heads"))
-
-
-@pytest.fixture(autouse=True)
-def error_peak_at_the_lesion(monkeypatch):
-    monkeypatch.setenv(FAKE_PEAK_VARIABLE, ",".join(str(v) for v in LESION_LPS))
-
-
-@pytest.fixture()
-def context(tmp_path) -> SceneContext:
-    return SceneContext.create(tmp_path / "cache")
-
-
-@pytest.fixture()
-def model_dir(tmp_path) -> Path:
-    path = tmp_path / "model"
-    path.mkdir()
-    return path
-
-
-def _slice_composite(scene) -> slicer.vtkMRMLSliceCompositeNode:
-    composite = slicer.vtkMRMLSliceCompositeNode()
-    composite.SetLayoutName("Red")
-    return scene.AddNode(composite)
-
-
-def _ijk_to_ras(node) -> np.ndarray:
-    return matrix_array(ijk_to_ras(node))
+from lesion_head_scene import (  # noqa: F401 (fixtures, used by name)
+    context, fake_peak_at_the_lesion, head_file, ijk_to_ras_array, model_dir, slice_composite,
+)
+from synthetic_heads import synthetic_head
 
 
 def _detect(context, head_file, model_dir, launcher=CalibratedFakeDetection, **display):
@@ -93,7 +63,7 @@ def _detect(context, head_file, model_dir, launcher=CalibratedFakeDetection, **d
 
 def test_the_z_map_is_a_second_volume_shown_with_the_calibrated_threshold(context, head_file, model_dir, tmp_path):
     volume = load_volume(context, head_file)
-    composite = _slice_composite(context.scene)
+    composite = slice_composite(context.scene)
     fingerprint = volume_fingerprint(volume)
     launcher = RecordingLauncher(CalibratedFakeDetection)
     results = DetectionLogic(context.scene, launcher=launcher, work_dir=tmp_path).detect(
@@ -105,7 +75,7 @@ def test_the_z_map_is_a_second_volume_shown_with_the_calibrated_threshold(contex
     assert z_node is not None and z_node.GetName() == f"{volume.GetName()} anomaly z-map"
     assert z_node.GetAttribute(ROLE_ATTRIBUTE) == "ZMap" and context.scene.GetNodeByID(z_node.GetID()) is z_node
     assert z_node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
-    np.testing.assert_array_equal(_ijk_to_ras(z_node), _ijk_to_ras(volume))
+    np.testing.assert_array_equal(ijk_to_ras_array(z_node), ijk_to_ras_array(volume))
     z = slicer.util.arrayFromVolume(z_node)
     errors = slicer.util.arrayFromVolume(results.error_map)
     assert z.max() == pytest.approx(report["z"]["max"])
@@ -183,7 +153,7 @@ def test_a_users_z_threshold_overrides_the_calibrated_one(context, head_file, mo
 
 
 def test_a_users_mm_threshold_shows_the_error_map(context, head_file, model_dir):
-    composite = _slice_composite(context.scene)
+    composite = slice_composite(context.scene)
     _, results = _detect(context, head_file, model_dir, overlay_threshold_mm=40.0)
     errors = slicer.util.arrayFromVolume(results.error_map)
     assert results.z_map is not None and results.score_map == "z"
@@ -334,7 +304,7 @@ def test_real_detection_with_a_calibrated_bundle_puts_the_cores_z_map_in_the_sce
         launcher.commands[0].index("--out") + 1]).parent
     assert results.z_map is not None and results.displayed_map is results.z_map
     z = slicer.util.arrayFromVolume(results.z_map)
-    np.testing.assert_array_equal(_ijk_to_ras(results.z_map), _ijk_to_ras(volume))
+    np.testing.assert_array_equal(ijk_to_ras_array(results.z_map), ijk_to_ras_array(volume))
     assert z.max() <= max(report["z"]["max"], 0.0) + 1e-4
     assert results.threshold_z == pytest.approx(calibration.overlay_threshold_z)
     assert results.z_map.GetDisplayNode().GetLowerThreshold() == pytest.approx(calibration.overlay_threshold_z)
@@ -346,6 +316,6 @@ def test_real_detection_with_a_calibrated_bundle_puts_the_cores_z_map_in_the_sce
     assert row["Score map"] == "z" and row["z p99"] == report["z"]["p99"]
     np.testing.assert_allclose(results.max_error_ras, lps_to_ras(report["max_error_lps"]), atol=1e-3)
     # The reported point is a voxel of the z-map the scene shows.
-    ijk = np.linalg.inv(_ijk_to_ras(volume)) @ np.array([*results.max_error_ras, 1.0])
+    ijk = np.linalg.inv(ijk_to_ras_array(volume)) @ np.array([*results.max_error_ras, 1.0])
     assert np.allclose(ijk[:3], np.round(ijk[:3]), atol=1e-3)
     assert list(work.iterdir()) == []

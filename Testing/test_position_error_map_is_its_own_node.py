@@ -35,7 +35,6 @@ from PositionRegressionADLib.detection_logic import (
     default_model_path,
     result_volume_ids,
 )
-from PositionRegressionADLib.geometry import ijk_to_ras, matrix_array
 from PositionRegressionADLib.process import ChildProcess
 from PositionRegressionADLib.report import DetectionReport, ResultImportError
 from PositionRegressionADLib.results import (
@@ -46,7 +45,6 @@ from PositionRegressionADLib.results import (
 )
 from PositionRegressionADLib.scene_io import SceneContext, load_scene_mrb, load_volume, save_scene_mrb
 from PositionRegressionADLib.testing import (
-    FAKE_PEAK_VARIABLE,
     InProcessFakeDetection,
     RecordingLauncher,
     scene_node_ids,
@@ -54,47 +52,17 @@ from PositionRegressionADLib.testing import (
 )
 from fake_calibrated_detector import (
     CALIBRATED_THRESHOLD_Z,
-    LESION_LPS,
     POSITION_THRESHOLD_Z,
     AnomalyMapFakeDetection,
     CalibratedFakeDetection,
     MissingPositionZMapDetection,
 )
-from synthetic_heads import write_lesion_head
+from lesion_head_scene import (  # noqa: F401 (fixtures, used by name)
+    context, fake_peak_at_the_lesion, head_file, ijk_to_ras_array, model_dir, slice_composite,
+)
+
 
 POSITION_NODE_SUFFIX = " PPR position error"
-
-
-@pytest.fixture(scope="module")
-def head_file(tmp_path_factory) -> Path:
-    return write_lesion_head(tmp_path_factory.mktemp("heads"))
-
-
-@pytest.fixture(autouse=True)
-def error_peak_at_the_lesion(monkeypatch):
-    monkeypatch.setenv(FAKE_PEAK_VARIABLE, ",".join(str(v) for v in LESION_LPS))
-
-
-@pytest.fixture()
-def context(tmp_path) -> SceneContext:
-    return SceneContext.create(tmp_path / "cache")
-
-
-@pytest.fixture()
-def model_dir(tmp_path) -> Path:
-    path = tmp_path / "model"
-    path.mkdir()
-    return path
-
-
-def _composite(scene) -> slicer.vtkMRMLSliceCompositeNode:
-    composite = slicer.vtkMRMLSliceCompositeNode()
-    composite.SetLayoutName("Red")
-    return scene.AddNode(composite)
-
-
-def _ijk_to_ras(node) -> np.ndarray:
-    return matrix_array(ijk_to_ras(node))
 
 
 def _nodes_named(scene, suffix: str) -> list:
@@ -146,7 +114,7 @@ def test_the_report_reads_the_position_map_and_older_reports_still_parse():
 def test_the_position_error_is_its_own_node_and_the_overlay_stays_the_anomaly_map(context, head_file, model_dir,
                                                                                    tmp_path):
     volume = load_volume(context, head_file)
-    composite = _composite(context.scene)
+    composite = slice_composite(context.scene)
     fingerprint = volume_fingerprint(volume)
     launcher = RecordingLauncher(AnomalyMapFakeDetection)
     results = DetectionLogic(context.scene, launcher=launcher, work_dir=tmp_path).detect(
@@ -164,7 +132,7 @@ def test_the_position_error_is_its_own_node_and_the_overlay_stays_the_anomaly_ma
     assert context.scene.GetNodeByID(position.GetID()) is position
     assert position.GetID() in result_volume_ids(context.scene)  # never offered as an input
     assert position.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
-    np.testing.assert_array_equal(_ijk_to_ras(position), _ijk_to_ras(volume))
+    np.testing.assert_array_equal(ijk_to_ras_array(position), ijk_to_ras_array(volume))
     values = slicer.util.arrayFromVolume(position)
     errors = slicer.util.arrayFromVolume(results.error_map)
     assert np.unravel_index(int(np.argmax(values)), values.shape) == np.unravel_index(int(np.argmax(errors)),
@@ -370,7 +338,7 @@ def test_real_default_model_puts_the_clis_position_map_in_the_scene_and_a_cancel
 
     context = SceneContext.create(tmp_path / "cache")
     volume = load_volume(context, sample)
-    composite = _composite(context.scene)
+    composite = slice_composite(context.scene)
     fingerprint = volume_fingerprint(volume)
     work = tmp_path / "work"
     work.mkdir()
@@ -391,7 +359,7 @@ def test_real_default_model_puts_the_clis_position_map_in_the_scene_and_a_cancel
     position = results.position_z_map
     assert position is not None and position.GetName() == "ctich_051 PPR position error"
     assert position.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
-    np.testing.assert_array_equal(_ijk_to_ras(position), _ijk_to_ras(volume))
+    np.testing.assert_array_equal(ijk_to_ras_array(position), ijk_to_ras_array(volume))
     cli_position = sitk.GetArrayFromImage(sitk.ReadImage(str(cli / "position.nii.gz")))
     # The same map: the Lib's child reads the input as Slicer exported it (its geometry rounded to
     # float32 in the NIfTI header), the CLI the sample file itself (usually 1e-7 relative apart); and

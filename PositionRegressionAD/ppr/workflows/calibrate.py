@@ -117,9 +117,11 @@ def calibrate_bundle(
             except Exception as error:  # still name the scan; the cause stays chained for a traceback
                 raise PPRError(f"{image}: this scan could not be processed ({error!r}). "
                                "Leave it out, or check that it is a readable head CT.") from error
-            volumes.append(sitk.GetArrayFromImage(result.volume_model))
-            heads.append(soft_tissue_mask(sitk.GetArrayViewFromImage(result.windowed_hu_model),
-                                          sitk.GetArrayViewFromImage(result.head_mask_model) > 0, bundle.preprocess))
+            if bundle.method == "ppr":  # only PPR bundles get an atlas
+                volumes.append(sitk.GetArrayFromImage(result.volume_model))
+                heads.append(soft_tissue_mask(sitk.GetArrayViewFromImage(result.windowed_hu_model),
+                                              sitk.GetArrayViewFromImage(result.head_mask_model) > 0,
+                                              bundle.preprocess))
             # Only the measured head: places whose patch reaches a cut of the field of view are no evidence.
             error_maps.append((sitk.GetArrayFromImage(result.error_map_model),
                                sitk.GetArrayFromImage(result.measured_mask_model) > 0))

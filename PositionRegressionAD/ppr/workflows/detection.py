@@ -195,6 +195,7 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
 
     z_model = z_input = reliability = position_model = position_input = None
     shown_threshold = None if calibration is None else float(calibration.overlay_threshold_z)
+    focus = focus_mask(bundle.region_masks, head)  # brain and skull in this head: where findings are looked for
     if calibration is not None:
         report(0.88, "computing the z-map")
         started = time.perf_counter()
@@ -205,8 +206,7 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
         brain = np.zeros_like(head)
         for name in BRAIN_REGIONS:
             brain |= bundle.region_masks.get(name, False)
-        reliability = assess(z_values, brain & calibrated, focus_mask(bundle.region_masks, head) & calibrated,
-                             calibration, measured=not fully_cut)
+        reliability = assess(z_values, brain & calibrated, focus & calibrated, calibration, measured=not fully_cut)
         seconds["z_map"] = time.perf_counter() - started
         shown_values = z_values
         if bundle.intensity_atlas is not None and bundle.method == "ppr":
@@ -214,8 +214,7 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
             started = time.perf_counter()
             tissue = soft_tissue_mask(sitk.GetArrayViewFromImage(model.windowed_hu), head, bundle.preprocess)
             density_z = intensity_z_map(volume, tissue, bundle.intensity_atlas)
-            shown_values = anomaly_map(density_z, z_values, float(calibration.overlay_threshold_z),
-                                       focus_mask(bundle.region_masks, head))
+            shown_values = anomaly_map(density_z, z_values, float(calibration.overlay_threshold_z), focus)
             position_model, position_input = z_model, z_input
             z_model = _model_image(shown_values, model.volume)
             z_input = _on_input_grid(z_model, model.registration, image)
@@ -230,7 +229,6 @@ def detect(image: sitk.Image, bundle: ModelBundle, options: DetectOptions = Dete
     if z_input is None:
         point = highest_error_point(error_input)
     else:
-        focus = focus_mask(bundle.region_masks, head)
         point = highest_point_inside(z_input, _model_image(focus.astype(np.uint8), model.volume),
                                      model.registration)
     seconds["scores"] = time.perf_counter() - started

@@ -543,12 +543,14 @@ def localisation_pass(
     for result in lesion_cases:
         maps, _ = _detect_or_load(result.case, detector, cache, need_volume=intensity_atlas is not None)
         model_maps, head = model_space_maps(maps, calibration, region_masks, intensity_atlas, preprocess)
+        regions = {"head": head, "brain and skull": focus_mask(region_masks, head)}
         for kind in kinds:
-            p99[kind].append((result.case.anomalous, float(np.percentile(model_maps[kind][focus_mask(region_masks, head)], 99.0))))
+            brain_and_skull = model_maps[kind][regions["brain and skull"]]
+            p99[kind].append((result.case.anomalous, float(np.percentile(brain_and_skull, 99.0))))
         input_image = read_image(result.case.image_path)
         lesion = _mask_in_input_space(result.case, input_image)
-        regions = {"head": head, "brain and skull": focus_mask(region_masks, head)}
-        on_input = {name: _on_input_grid(values, maps, input_image, sitk.sitkLinear) for name, values in model_maps.items()}
+        on_input = {name: _on_input_grid(values, maps, input_image, sitk.sitkLinear)
+                    for name, values in model_maps.items()}
         inside = {name: _on_input_grid(mask.astype(np.float32), maps, input_image, sitk.sitkNearestNeighbor) > 0.5
                   for name, mask in regions.items()}
         per_case.append((on_input, inside, lesion))
